@@ -1,0 +1,69 @@
+"""Atomic file writes: a reader never sees a half-written file, and a crash leaves the old one in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class atomic_path:
+    """Context manager giving a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    Readers never see a half-written file, and a crash leaves the old file (or none) in place.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+        return False
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (folders are created)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class atomic_dir:
+    """Like :class:`atomic_path` for a whole folder: fill the temporary folder, it replaces ``path`` on success."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            old = None
+            if self.path.exists():
+                old = self.path.with_name(f".{self.path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
