@@ -86,7 +86,7 @@ class MixSchedule:
     @classmethod
     def from_array(cls, weights, label: str = "", meta: dict | None = None) -> "MixSchedule":
         """From any array-like of N (or N x T) weights."""
-        return cls(torch.as_tensor(np.asarray(weights, dtype=np.float32)), label, dict(meta or {}))
+        return cls(torch.tensor(np.array(weights, dtype=np.float32)), label, dict(meta or {}))
 
     @classmethod
     def from_dataframe(cls, df: pd.DataFrame, column: str = "lambda", label: str = "") -> "MixSchedule":
