@@ -8,6 +8,7 @@ errors that say how to fix a bad path, an offline hub id or a missing GPU.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,7 +83,16 @@ def load_pipeline(
     dev = resolve_device(device)
     dtype = dtype or torch.float32
     name = os.fspath(model)
+    with warnings.catch_warnings():
+        # Newer diffusers rename `torch_dtype` to `dtype`; the old name works across every version we support.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        pipe = _from_pretrained(name, dtype, local_files_only, from_pretrained_kwargs)
+    pipe.set_progress_bar_config(disable=True)  # our own loops show progress; diffusers' bars would nest
+    return freeze(pipe).to(dev)
 
+
+def _from_pretrained(name: str, dtype: torch.dtype, local_files_only: bool, kwargs: dict) -> DiffusionPipeline:
+    """Resolve ``name`` (toyworld, a folder, or a hub id) and load it, or raise a :class:`ModelNotFoundError`."""
     if name == TOYWORLD:
         source = toyworld_dir() / "pipeline"
         if not (source / "model_index.json").is_file():
@@ -91,32 +101,26 @@ def load_pipeline(
                 "Train and export them with `python -m disentkit.toyworld.train --out runs/toyworld`, "
                 "or reinstall disentkit from a release that ships them."
             )
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, **from_pretrained_kwargs)
-    elif Path(name).expanduser().exists():
+        return DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, **kwargs)
+    if Path(name).expanduser().exists():
         folder = Path(name).expanduser()
         if not (folder / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"{folder} exists but is not a diffusers pipeline folder (no model_index.json in it). "
                 "Point load_pipeline at the folder that `pipe.save_pretrained(...)` wrote."
             )
-        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, **from_pretrained_kwargs)
-    elif _looks_like_path(name):
+        return DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, **kwargs)
+    if _looks_like_path(name):
         raise ModelNotFoundError(f"model folder {name!r} does not exist; check the path (it is not a hub id either).")
-    else:
-        try:
-            pipe = DiffusionPipeline.from_pretrained(
-                name, torch_dtype=dtype, local_files_only=local_files_only, **from_pretrained_kwargs
-            )
-        except (OSError, ValueError) as err:  # huggingface_hub's offline/not-found errors derive from these
-            raise ModelNotFoundError(
-                f"{name!r} is not a local folder, and loading it as a Hugging Face hub id failed "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-                f"If this machine is offline, download it once where there is network "
-                f"(`hf download {name}`) and copy the cache, or pass the local folder instead."
-            ) from err
-
-    pipe.set_progress_bar_config(disable=True)  # our own loops show progress; diffusers' bars would nest
-    return freeze(pipe).to(dev)
+    try:
+        return DiffusionPipeline.from_pretrained(name, torch_dtype=dtype, local_files_only=local_files_only, **kwargs)
+    except (OSError, ValueError) as err:  # huggingface_hub's offline/not-found errors derive from these
+        raise ModelNotFoundError(
+            f"{name!r} is not a local folder, and loading it as a Hugging Face hub id failed "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"If this machine is offline, download it once where there is network "
+            f"(`hf download {name}`) and copy the cache, or pass the local folder instead."
+        ) from err
 
 
 def is_sdxl(pipe: DiffusionPipeline) -> bool:
