@@ -61,9 +61,13 @@ class Conditioning:
 
 
 def mix(c0: torch.Tensor, c1: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """The paper's ``c = (1 - lam) * c0 + lam * c1``; ``lam`` broadcasts from the left ((R,), (R, T), ...)."""
+    """The paper's ``c = (1 - lam) * c0 + lam * c1``; ``lam`` broadcasts from the left ((R,), (R, T), ...).
+
+    Written in this form (not ``c0 + lam * (c1 - c0)``) because it is exact at both ends: lam = 1 gives c1 to
+    the bit, so a constant-1 schedule reproduces diffusers prompted with c1.
+    """
     lam = lam.reshape(*lam.shape, *([1] * (c0.ndim - lam.ndim))).to(c0.dtype)
-    return c0 + lam * (c1 - c0)
+    return (1 - lam) * c0 + lam * c1
 
 
 def _prompt_list(prompts: str | Sequence[str], name: str) -> list[str]:
