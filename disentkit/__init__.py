@@ -15,10 +15,12 @@ from .pipeline import load_pipeline
 from .samplers import SAMPLERS, make_scheduler
 from .sampling import SampleResult, StepState, Trajectory, decode, denoise, sample
 from .schedules import MixSchedule
+from .sweeps import sweep, sweep_switch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Conditioning", "MixSchedule", "NoiseTape", "SAMPLERS", "SampleResult", "StepState", "Trajectory",
-    "decode", "denoise", "encode", "errors", "load_pipeline", "make_scheduler", "mix", "sample",
+    "decode", "denoise", "encode", "errors", "load_pipeline", "make_scheduler", "mix", "sample", "sweep",
+    "sweep_switch",
 ]  # fmt: skip

@@ -170,7 +170,7 @@ def guided_output(pipe, x_in, t, c_i, uncond, guidance, pooled_i=None, pooled_un
     return out_uncond + guidance * (out_cond - out_uncond)
 
 
-def _time_ids(pipe, cond: Conditioning, latent_hw, rows: int):
+def sdxl_time_ids(pipe, cond: Conditioning, latent_hw, rows: int):
     """SDXL's size/crop conditioning: original size = target size = the image size, no crop."""
     if not cond.is_sdxl:
         return None
@@ -201,7 +201,7 @@ def denoise(
     scheduler.set_timesteps(tape.steps, device=device)
     x = tape.x_T.to(device, dtype) * scheduler.init_noise_sigma  # (R, C, h, w)
     lam = lam.to(device)
-    time_ids = _time_ids(pipe, cond, x.shape[-2:], x.shape[0])
+    time_ids = sdxl_time_ids(pipe, cond, x.shape[-2:], x.shape[0])
 
     def model(x_in, t, c_i, pooled_i):
         return guided_output(pipe, x_in, t, c_i, cond.uncond, guidance, pooled_i, cond.pooled_uncond, time_ids)
