@@ -1,0 +1,89 @@
+"""The toy training script end to end (smoke mode) and the pieces of it that are easy to get subtly wrong."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from disentkit.toyworld import scenes as S
+from disentkit.toyworld.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, toy_words
+from disentkit.toyworld.train import (
+    StageConfig,
+    TrainConfig,
+    caption_pins,
+    learning_rate,
+    multi_positive_clip_loss,
+    train,
+)
+
+
+def test_every_toy_word_is_one_token_and_captions_fit(tmp_path):
+    tokenizer = build_tokenizer(tmp_path / "tok")
+    for word in toy_words():
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    longest = "a sketch of a face, yellow, striped, smiling, in the snow"
+    ids = tokenizer(longest).input_ids
+    assert len(ids) <= MODEL_MAX_LENGTH and ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    # Unknown words still tokenize (character by character), like any CLIP tokenizer.
+    assert len(tokenizer("a photo of a zebra", add_special_tokens=False).input_ids) > 5
+
+
+def test_caption_pins_mark_unsaid_factors():
+    pins = caption_pins("a sketch of a face, smiling")
+    names = list(S.FACTORS)
+    assert pins[names.index("kind")] == S.KINDS.index("face")
+    assert pins[names.index("rendering")] == S.RENDERINGS.index("sketch")
+    assert pins[names.index("color")] == -1 and pins[names.index("background")] == -1
+
+
+def test_multi_positive_loss_prefers_all_fitting_pairs():
+    positive = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # caption 1 fits both images, caption 0 only image 0
+    good = torch.tensor([[5.0, 5.0], [-5.0, 5.0]])
+    bad = torch.tensor([[5.0, -5.0], [5.0, -5.0]])
+    assert multi_positive_clip_loss(good, positive) < multi_positive_clip_loss(bad, positive)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    stage = StageConfig(max_steps=100, minutes=1, batch_size=1, lr=1.0, warmup_steps=10)
+    assert learning_rate(stage, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(stage, 10, 0.1) < 1.0
+    assert learning_rate(stage, 99, 1.0) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_smoke_run_exports_a_loadable_pipeline_and_resumes(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    cfg = TrainConfig.smoke(out=str(tmp_path / "run"))
+    weights = train(cfg, tmp_path / "weights")
+    assert (weights / "README.md").exists() and (weights / "report.json").exists()
+    for name in ("unet", "vae", "text_encoder"):
+        files = list((weights / "pipeline" / name).glob("*.safetensors"))
+        assert files, name
+    total_mb = sum(f.stat().st_size for f in weights.rglob("*") if f.is_file()) / 2**20
+    assert total_mb < 40
+
+    pipe = StableDiffusionPipeline.from_pretrained(weights / "pipeline", dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        "a photo of a circle, red", num_inference_steps=2, output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+    clip = CLIPModel.from_pretrained(weights / "clip")
+    assert clip.config.text_config.hidden_size == pipe.unet.config.cross_attention_dim
+    # The pipeline's text encoder is CLIP's text tower.
+    ids = pipe.tokenizer("a photo of a star", padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = pipe.text_encoder(ids)[0]
+        b = clip.text_model(ids)[0].float()
+    assert torch.allclose(a, b, atol=1e-2)
+
+    # Re-running the same command finds every stage finished and only re-exports.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    steps = {name: report["stages"][name]["steps"] for name in ("clip", "vae", "unet")}
+    train(cfg, tmp_path / "weights")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {name: report["stages"][name]["steps"] for name in ("clip", "vae", "unet")} == steps
