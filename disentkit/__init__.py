@@ -8,19 +8,25 @@ which carry style (Wu et al., "Uncovering the Disentanglement Capability in Text
     out = dk.sample(pipe, cond, dk.MixSchedule.switch(50, at=20), tape)
 """
 
-from . import errors
+from . import errors, losses
 from .conditioning import Conditioning, encode, mix
+from .inversion import InversionError, encode_image, invert, load_image
+from .losses import load_clip
 from .noise import NoiseTape
+from .optimize import CheckpointMismatchError, OptimizeResult, OptimizeStep, optimize, reference_init
 from .pipeline import load_pipeline
 from .samplers import SAMPLERS, make_scheduler
 from .sampling import SampleResult, StepState, Trajectory, decode, denoise, sample
 from .schedules import MixSchedule
 from .sweeps import sweep, sweep_switch
+from .transfer import ScheduleModelError, TransferResult, load_schedule, transfer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Conditioning", "MixSchedule", "NoiseTape", "SAMPLERS", "SampleResult", "StepState", "Trajectory",
-    "decode", "denoise", "encode", "errors", "load_pipeline", "make_scheduler", "mix", "sample", "sweep",
-    "sweep_switch",
+    "CheckpointMismatchError", "Conditioning", "InversionError", "MixSchedule", "NoiseTape", "OptimizeResult",
+    "OptimizeStep", "SAMPLERS", "SampleResult", "ScheduleModelError", "StepState", "Trajectory", "TransferResult",
+    "decode", "denoise", "encode", "encode_image", "errors", "invert", "load_clip", "load_image", "load_pipeline",
+    "load_schedule", "losses", "make_scheduler", "mix", "optimize", "reference_init", "sample", "sweep",
+    "sweep_switch", "transfer",
 ]  # fmt: skip

@@ -1,0 +1,307 @@
+"""Does learning the lambdas beat the best single switch step, does the gain transfer, how exact is inversion, and
+what does per-step checkpointing save? Measured on the bundled toyworld model.
+
+    python benchmarks/optimize_report.py            # full: 50 steps, 10 iterations, 16 unseen seeds (<= ~15 min, 2 cores)
+    python benchmarks/optimize_report.py --quick    # 20 steps, 3 iterations, 4 unseen seeds (a few minutes)
+
+For each attribute pair (c0 -> c1) and one training seed:
+  1. sample every single-switch schedule (c0 for k steps, then c1) and keep the best one, judged by the toyworld
+     evaluator (independent of the CLIP the optimiser pushes on): score = P(target attribute) x object-mask IoU
+     with the pure-c0 image, i.e. the edit must both reach the style and keep the content;
+  2. optimise the lambdas from that best switch with the paper's loss (L_dir + beta L_perc, toy CLIP);
+  3. apply both schedules unchanged to unseen seeds and compare again (is the gain kept?).
+Then: inversion PSNRs on rendered toy scenes (exact and DDIM), and the peak memory of one 50-step optimisation
+iteration with and without per-step checkpointing (on CPU: the rise of the resident-set peak of a fresh subprocess
+during the iteration; on a GPU also the CUDA allocator's peak).
+
+Writes outputs/benchmarks/optimize_report.{json,md}. Skips (and says so) when the toyworld weights are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import disentkit as dk  # noqa: E402
+from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
+from disentkit.inversion import encode_image, invert  # noqa: E402
+from disentkit.losses import load_clip, psnr  # noqa: E402
+from disentkit.optimize import Objective, as_loss_terms, optimize, reference_init  # noqa: E402
+from disentkit.pipeline import toyworld_dir  # noqa: E402
+
+# (c0, c1, (factor, value) the edit should reach)
+PAIRS = [
+    ("a photo of a face", "a photo of a face, smiling", ("expression", "smiling")),
+    ("a photo of a circle", "a photo of a circle, red", ("color", "red")),
+    ("a photo of a circle", "a photo of a circle, striped", ("texture", "striped")),
+    ("a photo of a circle", "a photo of a circle, at night", ("background", "night")),
+    ("a photo of a square", "a sketch of a square", ("rendering", "sketch")),
+]
+TRAIN_SEED = 42
+UNSEEN_SEEDS = list(range(1000, 1016))
+
+
+def settings(quick: bool) -> dict:
+    if quick:
+        return dict(steps=20, iters=3, switches=[2, 4, 8, 12, 16], unseen=UNSEEN_SEEDS[:4], scenes=2)
+    # The paper's switch range is 10-20 of 50; earlier switches are in because some toy attributes (colour) are
+    # decided in the very first steps.
+    return dict(steps=50, iters=10, switches=[3, 5, 10, 15, 20, 25, 30, 35, 40], unseen=UNSEEN_SEEDS, scenes=4)
+
+
+# ---- judging edits ----------------------------------------------------------------------------------------------
+def judge(evaluator, edited: torch.Tensor, reference: torch.Tensor, target) -> dict[str, np.ndarray]:
+    """Per image: P(target), mask IoU with the reference, and their product (the score)."""
+    style = evaluator.style_reached(edited, *target).numpy()
+    iou = evaluator.content_kept(edited, reference)["mask_iou"].to_numpy()
+    return {"style": style, "iou": iou, "score": style * iou}
+
+
+def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta) -> dict:
+    steps = cfg["steps"]
+    cond = dk.encode(pipe, c0, c1)
+    train = dk.NoiseTape.from_seed(pipe, TRAIN_SEED, steps=steps)
+
+    # 1. every single switch on the training seed; schedule 0 is pure c0 (the content reference)
+    switches = [dk.MixSchedule.switch(steps, k) for k in cfg["switches"]]
+    out = dk.sample(pipe, cond, [dk.MixSchedule.constant(steps, 0.0), *switches], train, progress=False)
+    reference = out.pixels[:1]
+    per_switch = judge(evaluator, out.pixels[1:], reference.expand(len(switches), -1, -1, -1), target)
+    best = int(np.argmax(per_switch["score"]))
+    best_k = cfg["switches"][best]
+
+    # 2. optimise from the best switch
+    t0 = time.perf_counter()
+    result = optimize(pipe, cond, reference_init(steps, best_k), train, iters=cfg["iters"], beta=beta, clip=clip, progress=False)
+    seconds = time.perf_counter() - t0
+    learned = judge(evaluator, result.pixels, reference, target)
+
+    # 3. both schedules on unseen seeds
+    unseen = dk.NoiseTape.from_seed(pipe, cfg["unseen"], steps=steps)
+    B = unseen.batch
+    out = dk.sample(pipe, cond, [dk.MixSchedule.constant(steps, 0.0), switches[best], result.schedule], unseen,
+                    max_batch=16, progress=False)  # fmt: skip
+    ref_u, switch_u, learned_u = out.pixels[:B], out.pixels[B : 2 * B], out.pixels[2 * B :]
+    switch_unseen, learned_unseen = judge(evaluator, switch_u, ref_u, target), judge(evaluator, learned_u, ref_u, target)
+
+    mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
+    train_gain = float(learned["score"][0] - per_switch["score"][best])
+    unseen_gain = float(np.mean(learned_unseen["score"] - switch_unseen["score"]))
+    return {
+        "c0": c0, "c1": c1, "target": f"{target[0]}={target[1]}", "best_switch": best_k,
+        "switch_scores": {int(k): float(s) for k, s in zip(cfg["switches"], per_switch["score"])},
+        "train": {"switch": {k: float(v[best]) for k, v in per_switch.items()}, "learned": mean(learned), "gain": train_gain},
+        "unseen": {"switch": mean(switch_unseen), "learned": mean(learned_unseen), "gain": unseen_gain,
+                   "learned_beats_switch_frac": float(np.mean(learned_unseen["score"] > switch_unseen["score"]))},
+        "loss_first": float(result.history["loss"].iloc[0]), "loss_last": float(result.history["loss"].iloc[-1]),
+        "lambdas": [round(float(w), 4) for w in result.schedule.weights],
+        "optimize_seconds": round(seconds, 1),
+    }  # fmt: skip
+
+
+# ---- inversion ---------------------------------------------------------------------------------------------------
+def inversion_report(pipe, cfg) -> dict:
+    from disentkit.toyworld.scenes import caption, render, sample_scene
+
+    steps = cfg["steps"]
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(cfg["scenes"]):
+        scene = sample_scene(rng, rendering="photo")
+        image, _ = render(scene, size=64)
+        prompt = caption(scene)
+        with torch.no_grad():
+            vae = dk.decode(pipe, encode_image(pipe, image)).float().cpu()
+        original = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+        for method, guidance in (("exact", 7.5), ("ddim", 1.0)):
+            tape = invert(pipe, image, prompt, steps=steps, method=method, guidance=guidance, progress=False)
+            cond = dk.encode(pipe, prompt, prompt)
+            out = dk.sample(pipe, cond, dk.MixSchedule.constant(steps, 0.0), tape, guidance, progress=False)
+            rows.append({"scene": i, "prompt": prompt, "method": method, "guidance": guidance,
+                         "psnr_vs_vae_db": float(psnr(out.pixels, vae)), "psnr_vs_image_db": float(psnr(out.pixels, original)),
+                         "vae_round_trip_db": float(psnr(vae, original))})  # fmt: skip
+    summary = {}
+    for method, need in (("exact", 30.0), ("ddim", 20.0)):
+        vals = [r["psnr_vs_vae_db"] for r in rows if r["method"] == method]
+        summary[method] = {"mean_psnr_vs_vae_db": float(np.mean(vals)), "min_psnr_vs_vae_db": float(np.min(vals)),
+                           "required_db": need, "passed": bool(np.min(vals) >= need)}  # fmt: skip
+    return {"steps": steps, "rows": rows, "summary": summary}
+
+
+# ---- memory (each measurement in a fresh process, so peaks do not mix) -------------------------------------------
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (Linux): VmRSS = resident now, VmHWM = resident peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set peak (VmHWM) to the current RSS; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(weights: Path, steps: int, grad_checkpoint: bool, device: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    pipe = dk.load_pipeline(weights / "pipeline", device=device)
+    clip = load_clip(weights / "clip", device)
+    cond = dk.encode(pipe, *PAIRS[0][:2])
+    tape = dk.NoiseTape.from_seed(pipe, TRAIN_SEED, steps=steps)
+    objective = Objective(pipe, cond, tape, as_loss_terms(None, clip, cond), 7.5, grad_checkpoint)
+    lam = reference_init(steps, int(0.4 * steps)).weights.to(device).requires_grad_(True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    # Loading the weights peaks higher than an iteration may; reset the peak so it measures the iteration only.
+    reset = _reset_peak_rss()
+    before = _status_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    objective(lam)[0].backward()
+    seconds = time.perf_counter() - t0
+    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = {
+        "grad_checkpoint": grad_checkpoint, "steps": steps, "seconds": round(seconds, 2),
+        "measure": "VmHWM after resetting it (Linux clear_refs)" if reset else "ru_maxrss (includes loading)",
+        "rss_before_iteration_mib": before / 1024, "peak_rss_mib": peak / 1024,
+        "iteration_extra_peak_mib": (peak - before) / 1024,
+    }  # fmt: skip
+    if device.startswith("cuda"):
+        report["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return report
+
+
+def memory_report(weights: Path, steps: int, device: str, threads: int) -> list[dict]:
+    rows = []
+    for flag in ("on", "off"):
+        cmd = [sys.executable, __file__, "--memory-child", flag, "--weights", str(weights), "--steps", str(steps),
+               "--device", device, "--threads", str(threads)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:  # keep the rest of the report; say what went wrong
+            rows.append({"grad_checkpoint": flag == "on", "steps": steps, "error": done.stderr.strip()[-2000:]})
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+def markdown(report: dict) -> str:
+    cfg = report["settings"]
+    lines = [
+        "# Learned lambdas vs the best single switch (toyworld)",
+        "",
+        f"{cfg['steps']} DDIM steps, guidance 7.5, {cfg['iters']} Adam iterations (lr 0.05, beta {report['beta']}), "
+        f"training seed {TRAIN_SEED}, {len(cfg['unseen'])} unseen seeds. Judge: the toyworld evaluator; score = "
+        "P(target) x object-mask IoU with the pure-c0 image. The optimiser starts from the best switch.",
+        "",
+        "Cells read switch -> learned. Unseen columns are means over the unseen seeds.",
+        "",
+        "| c0 -> c1 | best switch | train score | unseen P(target) | unseen mask IoU | unseen score | unseen gain "
+        "| learned wins on | loss (train) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in report["pairs"]:
+        tr, un = p["train"], p["unseen"]
+        lines.append(
+            f"| {p['c0']} -> {p['c1']} | {p['best_switch']} | {tr['switch']['score']:.3f} -> {tr['learned']['score']:.3f} "
+            f"| {un['switch']['style']:.3f} -> {un['learned']['style']:.3f} | {un['switch']['iou']:.3f} -> {un['learned']['iou']:.3f} "
+            f"| {un['switch']['score']:.3f} -> {un['learned']['score']:.3f} | {un['gain']:+.3f} "
+            f"| {un['learned_beats_switch_frac']:.0%} of seeds | {p['loss_first']:.3f} -> {p['loss_last']:.3f} |"
+        )
+    inv = report["inversion"]
+    lines += ["", f"## Inversion ({inv['steps']} steps; PSNR of the replay vs the VAE round trip of the image)", "",
+              "| method | guidance | mean dB | min dB | required | passed |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for method, s in inv["summary"].items():
+        g = next(r["guidance"] for r in inv["rows"] if r["method"] == method)
+        lines.append(f"| {method} | {g} | {s['mean_psnr_vs_vae_db']:.1f} | {s['min_psnr_vs_vae_db']:.1f} | {s['required_db']:.0f} | {s['passed']} |")
+    vae = np.mean([r["vae_round_trip_db"] for r in inv["rows"]])
+    lines += ["", f"(The VAE round trip itself is {vae:.1f} dB from the rendered images.)", ""]
+    mem = report["memory"]
+    lines += [f"## Memory of one optimisation iteration ({mem[0]['steps']} steps, {report['device']})", "",
+              "Each in a fresh subprocess: after loading the model and sampling the reference image, the kernel's "
+              "resident-set peak (VmHWM) is reset to the current RSS; the iteration's extra peak is VmHWM after one "
+              "forward + backward minus the RSS before it (the memory the iteration itself needs).",
+              f"Measure: {mem[0].get('measure', mem[-1].get('measure'))}.", "",
+              "| per-step checkpointing | iteration extra peak (MiB) | peak RSS (MiB) | seconds |", "|---|---|---|---|"]  # fmt: skip
+    for m in mem:
+        if "error" in m:
+            lines.append(f"| {m['grad_checkpoint']} | failed: {m['error'].splitlines()[-1]} | | |")
+            continue
+        extra = f" (CUDA peak {m['cuda_peak_allocated_mib']:.0f} MiB)" if "cuda_peak_allocated_mib" in m else ""
+        lines.append(f"| {m['grad_checkpoint']} | {m['iteration_extra_peak_mib']:.0f}{extra} | {m['peak_rss_mib']:.0f} | {m['seconds']} |")
+    lines += ["", f"Total time: {report['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller version (20 steps, 3 iterations, 4 unseen seeds)")
+    ap.add_argument("--weights", type=Path, default=toyworld_dir(), help="a toyworld weights folder (pipeline/, clip/)")
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--beta", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    ap.add_argument("--memory-child", choices=["on", "off"], help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.memory_child:
+        print(json.dumps(memory_child(args.weights, args.steps, args.memory_child == "on", args.device, args.threads)))
+        return 0
+    if not (args.weights / "pipeline" / "model_index.json").is_file() or not (args.weights / "clip").is_dir():
+        print(f"SKIPPED: no toyworld weights in {args.weights} (need pipeline/ and clip/); "
+              "train them with `python -m disentkit.toyworld.train`.")  # fmt: skip
+        return 0
+    from disentkit.toyworld.evaluator import Evaluator
+
+    try:
+        evaluator = Evaluator.load()
+    except FileNotFoundError as err:
+        print(f"SKIPPED: the toyworld evaluator is missing ({err}).")
+        return 0
+
+    torch.set_num_threads(args.threads)
+    cfg = settings(args.quick)
+    t0 = time.perf_counter()
+    pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)
+    clip = load_clip(args.weights / "clip", args.device)
+    pairs = []
+    for c0, c1, target in PAIRS:
+        print(f"{c0!r} -> {c1!r} ...", flush=True)
+        pairs.append(pair_report(pipe, clip, evaluator, c0, c1, target, cfg, args.beta))
+        p = pairs[-1]
+        print(f"  best switch {p['best_switch']}: train {p['train']['switch']['score']:.3f} -> {p['train']['learned']['score']:.3f}, "
+              f"unseen gain {p['unseen']['gain']:+.3f} ({p['optimize_seconds']} s)", flush=True)  # fmt: skip
+    print("inversion ...", flush=True)
+    inversion = inversion_report(pipe, cfg)
+    print("memory (two subprocesses) ...", flush=True)
+    memory = memory_report(args.weights, 50 if not args.quick else cfg["steps"], args.device, args.threads)
+
+    report = {"settings": cfg, "quick": args.quick, "beta": args.beta, "device": args.device, "weights": str(args.weights),
+              "pairs": pairs, "inversion": inversion, "memory": memory, "seconds": time.perf_counter() - t0}  # fmt: skip
+    name = "optimize_report_quick" if args.quick else "optimize_report"
+    write_json_atomic(args.out / f"{name}.json", report)
+    write_text_atomic(args.out / f"{name}.md", markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.out / name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""invert(): a real image -> a NoiseTape, so ``sample()`` reproduces the image and can then edit it.
+
+Two methods, both under the neutral prompt c0 (the paper edits real images this way, Sec. 5):
+
+- ``"ddim"``: DDIM inversion (Song et al. 2021; Mokady et al. 2023). Run the deterministic DDIM update backwards
+  from the clean latent to x_T with diffusers' ``DDIMInverseScheduler``. The tape holds x_T only (eta = 0).
+  Reconstruction is approximate: each backward step evaluates the model at the wrong noise level, and the errors
+  add up (more with guidance > 1).
+- ``"exact"``: an edit-friendly DDPM-style inversion (Huberman-Spiegelglas et al. 2024). Draw the forward
+  trajectory x_t = sqrt(a_t) z0 + sqrt(1 - a_t) n_t with *independent* noise n_t at every step, then, for each
+  DDIM (eta = 1) step, solve for the per-step noise that lands exactly on the next recorded x_t. Sampling with
+  that tape and lambda = 0 reproduces the image up to float rounding; the tape's noise also carries the image's
+  details, which keeps them through an edit.
+
+The DDIM eta = 1 update is ``x_prev = mu(x_t, eps) + std_t * noise`` (DDIM eq. 12 with sigma_t of eq. 16), linear in
+the noise; we read ``mu`` and ``std_t`` off diffusers' own ``DDIMScheduler.step`` (with noise 0 and noise 1), so the
+solved noise replays through the very same arithmetic that ``sample()`` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMInverseScheduler
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .conditioning import encode, mix
+from .errors import DisentkitError, InvalidImageError
+from .noise import NoiseTape
+from .pipeline import latent_shape, pipeline_device, pipeline_dtype
+from .samplers import make_scheduler
+from .sampling import guided_output, sdxl_time_ids
+
+METHODS = ("ddim", "exact")
+
+
+class InversionError(DisentkitError, ValueError):
+    """Inversion was asked for with settings it does not support (another sampler, an unknown method)."""
+
+
+# ---- images in ---------------------------------------------------------------------------------------------------
+def load_image(image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image into pixels (1, 3, H, W) in [0, 1], float32.
+
+    ``image``: a file path, a PIL image, a numpy array (H, W[, 3 or 4]) of uint8 or floats in [0, 1], or a torch
+    tensor (3, H, W) / (1, 3, H, W) in [0, 1]. If ``size`` = (H, W) is given and differs, the image is resized
+    (with a warning: the model sees a rescaled image).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError, OSError) as err:
+            raise InvalidImageError(f"cannot read an image from {path} ({type(err).__name__}: {err}).") from err
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        pixels = _from_numpy(image)
+    elif isinstance(image, torch.Tensor):
+        pixels = image.detach().float().cpu()
+        pixels = pixels[None] if pixels.ndim == 3 else pixels
+        if pixels.ndim != 4 or pixels.shape[:2] != (1, 3):
+            raise InvalidImageError(f"an image tensor must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}.")
+    else:
+        raise InvalidImageError(
+            f"expected an image (path, PIL image, numpy array or tensor), got {type(image).__name__}."
+        )
+    if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+        raise InvalidImageError("image values must be finite and in [0, 1] (floats) or 0..255 (uint8).")
+    if size is not None and tuple(pixels.shape[-2:]) != tuple(size):
+        warnings.warn(
+            f"image is {pixels.shape[-1]}x{pixels.shape[-2]} px but the model makes {size[1]}x{size[0]}; resizing it.",
+            stacklevel=2,
+        )
+        pixels = F.interpolate(pixels, size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
+        pixels = pixels.clamp(0, 1)  # bicubic overshoots at edges
+    return pixels
+
+
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.shape[0] < 1 or a.shape[1] < 1:
+        raise InvalidImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}.")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+    else:
+        raise InvalidImageError(f"an image array must hold uint8 or floats, got {a.dtype}.")
+    return torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)[None]
+
+
+def model_image_size(pipe) -> tuple[int, int]:
+    """(H, W) in pixels of the images ``pipe`` makes by default."""
+    _, h, w = latent_shape(pipe)
+    return h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
+
+
+@torch.no_grad()
+def encode_image(pipe, image) -> torch.Tensor:
+    """VAE-encode an image (anything :func:`load_image` reads) to latents (1, C, h, w) on the model's device.
+
+    Uses the mean of the VAE's posterior (deterministic), scaled as :func:`disentkit.sampling.decode` expects.
+    """
+    pixels = load_image(image, model_image_size(pipe))
+    vae = pipe.vae
+    x = (pixels * 2 - 1).to(pipeline_device(pipe), vae.dtype)
+    z = vae.encode(x).latent_dist.mean
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:  # the inverse of decode()'s per-channel normalisation
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
+        std = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+        return ((z - mean) * vae.config.scaling_factor / std).to(pipeline_dtype(pipe))
+    return (z * vae.config.scaling_factor).to(pipeline_dtype(pipe))
+
+
+# ---- inversion -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def invert(
+    pipe,
+    image,
+    prompt: str,
+    steps: int = 50,
+    scheduler: str = "ddim",
+    method: str = "ddim",
+    guidance: float = 1.0,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> NoiseTape:
+    """Invert ``image`` under ``prompt`` (the neutral prompt c0) into a :class:`NoiseTape`.
+
+    ``sample(pipe, encode(pipe, prompt, c1), MixSchedule.constant(steps, 0.0), tape, guidance=guidance)`` then
+    gives the image back (exactly for ``method="exact"``, approximately for ``"ddim"``); other schedules edit it.
+
+    Args:
+        pipe: a pipeline from :func:`disentkit.load_pipeline`.
+        image: a path, PIL image, numpy array or tensor; resized (with a warning) if not the model's size.
+        prompt: the neutral prompt c0 describing the image.
+        steps: sampling steps N the tape is for.
+        scheduler: the sampler; inversion supports ``"ddim"``.
+        method: ``"ddim"`` (deterministic DDIM inversion, eta 0 tape) or ``"exact"`` (eta 1 tape whose per-step
+            noise is solved to hit a forward trajectory exactly).
+        guidance: classifier-free guidance used for inversion; sample with the same value to reconstruct.
+        seed: seed of the forward-trajectory noise (``"exact"`` only).
+    """
+    if scheduler != "ddim":
+        raise InversionError(f"invert supports scheduler='ddim' only, got {scheduler!r}.")
+    if method not in METHODS:
+        raise InversionError(f"unknown inversion method {method!r}; choose one of {METHODS}.")
+    z0 = encode_image(pipe, image)  # (1, C, h, w)
+    cond = encode(pipe, prompt, prompt)
+    zero = torch.zeros(1, cond.tokens, device=cond.c0.device)
+    c0 = mix(cond.c0, cond.c1, zero)  # = c0, computed as sample() computes it, so "exact" replays bit for bit
+    pooled0 = None if cond.pooled0 is None else mix(cond.pooled0, cond.pooled1, zero.mean(dim=1))
+    time_ids = sdxl_time_ids(pipe, cond, z0.shape[-2:], 1)
+
+    def model(x, t):
+        return guided_output(pipe, x, t, c0, cond.uncond, guidance, pooled0, cond.pooled_uncond, time_ids)
+
+    if method == "ddim":
+        return _ddim_inversion(pipe, z0, model, steps, progress)
+    return _exact_inversion(pipe, z0, model, steps, seed, progress)
+
+
+def _ddim_inversion(pipe, z0, model, steps: int, progress: bool) -> NoiseTape:
+    # diffusers' inverse DDIM walks the sampler's timesteps in reverse: from the clean level to the first
+    # (noisiest) timestep of an N-step DDIM run, so the result is that run's x_T.
+    sampler = make_scheduler(pipe, "ddim")
+    inverse = DDIMInverseScheduler.from_config(sampler.config)
+    inverse.set_timesteps(steps, device=z0.device)
+    x = z0
+    for t in tqdm(inverse.timesteps, desc="DDIM inversion", disable=not progress, leave=False):
+        x = inverse.step(model(x, t), t, x, return_dict=False)[0]
+    x_T = (x / sampler.init_noise_sigma).float().cpu()
+    return NoiseTape(x_T, None, "ddim", steps, 0.0)
+
+
+def _exact_inversion(pipe, z0, model, steps: int, seed: int, progress: bool) -> NoiseTape:
+    sampler = make_scheduler(pipe, "ddim")
+    sampler.set_timesteps(steps, device=z0.device)
+    acp = sampler.alphas_cumprod.to(z0.device, torch.float64)
+
+    # The forward trajectory to hit: x_t for every sampling timestep, each with its own independent noise, and
+    # the clean latent itself as the target of the last step.
+    gen = torch.Generator("cpu").manual_seed(seed)
+    targets = []
+    for t in sampler.timesteps:
+        a = acp[int(t)]
+        n = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(z0.device, torch.float64)
+        targets.append((a.sqrt() * z0.double() + (1 - a).sqrt() * n).to(z0.dtype))
+    targets.append(z0)
+
+    x = targets[0]
+    noises = []
+    for j, t in enumerate(tqdm(sampler.timesteps, desc="exact inversion", disable=not progress, leave=False)):
+        out = model(sampler.scale_model_input(x, t), t)
+        # x_prev = mu + std * noise: read mu (noise 0) and std (noise 1 minus noise 0) off diffusers' own step.
+        mu = sampler.step(out, t, x, eta=1.0, variance_noise=torch.zeros_like(x), return_dict=False)[0]
+        std = sampler.step(out, t, x, eta=1.0, variance_noise=torch.ones_like(x), return_dict=False)[0] - mu
+        noise = torch.where(std > 0, (targets[j + 1] - mu) / std.clamp_min(1e-12), torch.zeros_like(x))
+        noises.append(noise.float().cpu())
+        # Continue from where the replay will be (mu + std * noise, rounded as sample() rounds it), not from the
+        # target, so float rounding cannot build up between inversion and replay.
+        x = sampler.step(out, t, x, eta=1.0, variance_noise=noise, return_dict=False)[0]
+    x_T = (targets[0] / sampler.init_noise_sigma).float().cpu()
+    step_noise = torch.stack(noises)  # (N, 1, C, h, w)
+    return NoiseTape(x_T, step_noise, "ddim", steps, 1.0)

@@ -1,0 +1,267 @@
+"""Losses that judge an edit: plain callables ``loss(edited, reference) -> (R,)``, one value per image.
+
+The paper (Wu et al., CVPR 2023) optimises ``L = L_dir + beta * L_perc``:
+
+- :class:`DirectionalCLIPLoss`: ``1 - cos(E_img(x_edit) - E_img(x_orig), E_txt(c1) - E_txt(c0))``, i.e. the image
+  moved in CLIP space the way the text moved (the directional loss of StyleGAN-NADA, Gal et al. 2022);
+- :class:`CLIPPerceptualLoss`: how far the edited image is from the pure-c0 image in CLIP's vision features
+  (several layers, unit-normalised per token, as LPIPS does with VGG features), so the content stays;
+- :class:`LPIPSLoss`: the real LPIPS, only if the optional ``lpips`` package is installed.
+
+Images are pixels ``(R, 3, H, W)`` in [0, 1] (what :func:`disentkit.sampling.decode` returns); the CLIP
+preprocessing (resize, centre crop, mean/std) is done in torch so gradients flow back to the pixels. Every loss
+network is loaded once by the caller and frozen: the optimiser learns the mixing weights only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ModelNotFoundError
+from .pipeline import resolve_device, toyworld_dir
+
+# CLIP's published preprocessing statistics (used when a model folder has no preprocessor_config.json).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_CLIP = "openai/clip-vit-base-patch32"  # the CLIP the paper's reference code judges real SD images with
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (edited, reference) -> (R,)
+
+
+# ---- the CLIP model ------------------------------------------------------------------------------------------
+@dataclass
+class Clip:
+    """A frozen ``transformers.CLIPModel`` with its tokenizer and the image statistics it was trained with.
+
+    Attributes:
+        model: the CLIPModel (eval mode, ``requires_grad=False`` on every weight).
+        tokenizer: its tokenizer.
+        image_size: side of the square image the vision tower takes (e.g. 224).
+        mean, std: per-channel normalisation of pixels in [0, 1].
+        name: where it was loaded from.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    name: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (R, 3, H, W) in [0, 1] -> CLIP input (R, 3, S, S), differentiable.
+
+        Same recipe as CLIPImageProcessor: resize the short side to S, centre-crop S x S, normalise. Bilinear
+        with antialiasing stands in for PIL's bicubic; the difference is far below what CLIP can tell apart.
+        """
+        size = self.image_size
+        h, w = pixels.shape[-2:]
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        x = pixels.float()
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=new_h < h)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        x = x[..., top : top + size, left : left + size]
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device, self.model.dtype)
+
+    def image_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Projected image embeddings (R, E) and the vision tower's hidden states (each (R, L, D))."""
+        out = self.model.vision_model(pixel_values=self.preprocess(pixels), output_hidden_states=True)
+        return self.model.visual_projection(out.pooler_output), tuple(out.hidden_states)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image embeddings (R, E)."""
+        return F.normalize(self.image_forward(pixels)[0].float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings (P, E)."""
+        tok = self.tokenizer(list(texts), padding="max_length", truncation=True, return_tensors="pt")
+        out = self.model.text_model(
+            input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+        )
+        return F.normalize(self.model.text_projection(out.pooler_output).float(), dim=-1)
+
+
+def default_clip(pipe=None) -> str:
+    """The CLIP that judges ``pipe``'s images: the toy CLIP for the toyworld model, OpenAI's ViT-B/32 otherwise."""
+    name = str(getattr(pipe, "name_or_path", "") or "")
+    toy = toyworld_dir()
+    if pipe is None or (name and Path(name).resolve().is_relative_to(toy)):
+        return str(toy / "clip")
+    return OPENAI_CLIP
+
+
+def load_clip(path_or_id: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Clip:
+    """Load any ``transformers.CLIPModel`` (a local folder or a hub id), frozen, on ``device``.
+
+    ``None`` means the bundled toy CLIP (``toyworld_dir() / "clip"``). The image mean/std come from the folder's
+    ``preprocessor_config.json`` when there is one, else CLIP's standard values.
+    """
+    from transformers import AutoTokenizer, CLIPModel  # imported here: transformers is slow to import
+
+    name = os.fspath(path_or_id) if path_or_id is not None else str(toyworld_dir() / "clip")
+    dev = resolve_device(device)
+    try:
+        model = CLIPModel.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"cannot load a CLIP model (with its tokenizer) from {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a folder written by CLIPModel.save_pretrained "
+            f"plus tokenizer.save_pretrained, or a hub id available offline (e.g. {OPENAI_CLIP!r} once cached)."
+        ) from err
+    model.eval().requires_grad_(False).to(dev)
+    mean, std = _image_stats(name)
+    return Clip(model, tokenizer, int(model.config.vision_config.image_size), mean, std, name)
+
+
+def _image_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The processor's image_mean/image_std if the model ships them (folder or hub cache), else CLIP's."""
+    config = Path(name) / "preprocessor_config.json"
+    if not config.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "preprocessor_config.json")
+            config = Path(cached) if isinstance(cached, str) else config
+        except Exception:  # not a hub id, or no hub library: standard values are right for every OpenAI CLIP
+            pass
+    if config.is_file():
+        data = json.loads(config.read_text())
+        if "image_mean" in data and "image_std" in data:
+            return tuple(map(float, data["image_mean"])), tuple(map(float, data["image_std"]))
+    return CLIP_MEAN, CLIP_STD
+
+
+# ---- the paper's two losses ----------------------------------------------------------------------------------
+class DirectionalCLIPLoss:
+    """``1 - cos(E_img(edited) - E_img(reference), E_txt(c1) - E_txt(c0))`` per image; 0 is a perfect direction.
+
+    Embeddings are unit-normalised before taking differences (as in StyleGAN-NADA), so the loss measures the
+    direction of the move on CLIP's sphere, not how long the embeddings are.
+    """
+
+    def __init__(self, clip: Clip, c0_text: str, c1_text: str):
+        self.clip = clip
+        t0, t1 = clip.encode_texts([c0_text, c1_text])
+        self.text_direction = (t1 - t0)[None]  # (1, E), computed once
+        self._reference: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def reference_embedding(self, reference: torch.Tensor) -> torch.Tensor:
+        # The reference image is the same tensor at every iteration of an optimisation: embed it once.
+        if self._reference is None or self._reference[0] is not reference:
+            with torch.no_grad():
+                self._reference = (reference, self.clip.encode_images(reference))
+        return self._reference[1]
+
+    def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        image_direction = self.clip.encode_images(edited) - self.reference_embedding(reference)  # (R, E)
+        return 1 - F.cosine_similarity(image_direction, self.text_direction, dim=-1, eps=1e-8)
+
+
+class CLIPPerceptualLoss:
+    """Perceptual distance from CLIP vision features: mean over ``layers`` of the mean squared distance between
+    per-token unit-normalised hidden states (LPIPS's recipe with CLIP instead of VGG, and no learned weights).
+
+    ``layers``: indices into the vision tower's hidden states (0 = patch embeddings); default: four layers spread
+    from the first block to the last, so both low-level layout and higher-level parts count. 0 means identical.
+    """
+
+    def __init__(self, clip: Clip, layers: Sequence[int] | None = None):
+        self.clip = clip
+        n = clip.model.config.vision_config.num_hidden_layers  # hidden_states has n + 1 entries
+        spread = sorted({max(1, round(n * f)) for f in (0.25, 0.5, 0.75, 1.0)})
+        self.layers = list(layers) if layers is not None else spread
+        self._reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    def features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        hidden = self.clip.image_forward(pixels)[1]
+        return [F.normalize(hidden[k].float(), dim=-1) for k in self.layers]  # each (R, L, D)
+
+    def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if self._reference is None or self._reference[0] is not reference:
+            with torch.no_grad():
+                self._reference = (reference, self.features(reference))
+        distances = [(a - b).pow(2).sum(-1).mean(-1) for a, b in zip(self.features(edited), self._reference[1])]
+        return torch.stack(distances).mean(0)  # (R,)
+
+
+class LPIPSLoss:
+    """LPIPS (Zhang et al. 2018) from the optional ``lpips`` package; its VGG/AlexNet weights must be available."""
+
+    def __init__(self, net: str = "alex", device: str | torch.device = "cpu"):
+        try:
+            import lpips  # noqa: PLC0415  (optional dependency)
+        except ImportError as err:
+            raise ImportError("LPIPSLoss needs the optional `lpips` package; use CLIPPerceptualLoss instead.") from err
+        self.net = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False).to(device)
+
+    def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return self.net(edited * 2 - 1, reference * 2 - 1).flatten()  # lpips takes [-1, 1]
+
+
+def paper_losses(clip: Clip, c0_text: str, c1_text: str, beta: float = 0.05) -> dict[str, tuple[float, Loss]]:
+    """The paper's objective as named, weighted terms: ``{"dir": (1, L_dir), "perc": (beta, L_perc)}``."""
+    return {"dir": (1.0, DirectionalCLIPLoss(clip, c0_text, c1_text)), "perc": (float(beta), CLIPPerceptualLoss(clip))}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image of pixels in [0, 1] (R, 3, H, W); inf for identical images."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+# ---- a miniature CLIP, for tests and offline demos -------------------------------------------------------------
+def tiny_clip(seed: int = 0, image_size: int = 32, device: str | torch.device = "cpu") -> Clip:
+    """A random-weight CLIP (2-layer text and vision towers, 32 px images) with a character-level tokenizer.
+
+    Nothing is downloaded; the weights are fixed by ``seed``. Its judgements are meaningless but differentiable,
+    which is all the tests of the optimiser need.
+    """
+    import tempfile
+
+    from transformers import CLIPConfig, CLIPModel
+
+    from .testing import build_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(tmp)
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, **sizes,
+        ),
+        vision_config=dict(image_size=image_size, patch_size=8, **sizes),
+        projection_dim=16,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    model.eval().requires_grad_(False).to(resolve_device(device))
+    return Clip(model, tokenizer, image_size, name=f"tiny-clip-{seed}")
+
+
+def save_tiny_clip(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write :func:`tiny_clip` (model, tokenizer) into ``folder`` so :func:`load_clip` can read it back."""
+    clip = tiny_clip(seed)
+    folder = Path(folder)
+    clip.model.save_pretrained(folder)
+    clip.tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,357 @@
+"""optimize(): learn the per-step mixing weights lambda_i by gradient descent through the whole sampler.
+
+The paper's algorithm (Wu et al., CVPR 2023, Sec. 4) in one loop:
+
+    x_orig = sample(c0 only, same noise)                         # once, without gradients
+    for it in range(iters):
+        x_edit = decode(denoise(c_i = (1 - lam[i]) c0 + lam[i] c1, same noise))   # differentiable in lam
+        L = L_dir(x_edit, x_orig) + beta * L_perc(x_edit, x_orig)
+        L.backward(); adam.step()                                # only lam has requires_grad
+
+Memory: the diffusion model is frozen (no weight gradients are ever built), and ``denoise(checkpoint=True)``
+recomputes each UNet call in the backward pass, so an iteration keeps one latent per step instead of every
+activation of every step. Loss networks are built once, before the loop; one decode per iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .conditioning import Conditioning
+from .errors import DisentkitError, PromptError
+from .files import atomic_path
+from .losses import Loss, load_clip, default_clip, paper_losses
+from .noise import NoiseTape
+from .pipeline import pipeline_device, pipeline_dtype, toyworld_dir
+from .sampling import decode, denoise, to_pil
+from .schedules import MixSchedule
+
+CHECKPOINT_FORMAT = "disentkit.optimize-checkpoint/1"
+CHECKPOINT_FILE = "optimize_state.pt"
+
+
+class CheckpointMismatchError(DisentkitError, ValueError):
+    """A checkpoint folder holds the state of a different optimisation (other prompts, seeds, steps, losses...)."""
+
+
+def reference_init(steps: int, c0_steps: int = 20, late: float = 1.0) -> MixSchedule:
+    """The paper's starting point: pure c0 for the first ``c0_steps`` steps, then ``late`` (1.0, or 1.1-1.2 for
+    a stronger edit) for the rest. E.g. ``reference_init(50, c0_steps=20)`` is the "smiling" reference run."""
+    return MixSchedule.switch(steps, c0_steps, 0.0, late)
+
+
+def model_id(pipe) -> str:
+    """A stable name of the model ``pipe`` was loaded from: "toyworld", a hub id, a folder path, or "" if unknown."""
+    name = getattr(pipe, "name_or_path", None)
+    if not name:
+        return ""
+    path = Path(name).expanduser()
+    if path.exists():
+        path = path.resolve()
+        return "toyworld" if path.is_relative_to(toyworld_dir()) else str(path)
+    return str(name)
+
+
+# ---- what the loop reports ---------------------------------------------------------------------------------------
+@dataclass
+class OptimizeStep:
+    """Passed to ``callback`` after every iteration (e.g. to update a live plot in a notebook).
+
+    ``lam`` (N,) or (N, T) are the weights that made ``edited`` (before this iteration's update); ``losses`` holds
+    the total ("loss") and each term, averaged over the runs. Tensors are detached CPU copies.
+    """
+
+    iteration: int
+    lam: torch.Tensor
+    losses: dict[str, float]
+    edited: torch.Tensor  # (R, 3, H, W) pixels in [0, 1]
+    reference: torch.Tensor  # (R, 3, H, W) the pure-c0 images
+    history: pd.DataFrame
+
+
+@dataclass
+class OptimizeResult:
+    """What :func:`optimize` learned.
+
+    Attributes:
+        schedule: the learned :class:`MixSchedule`; its ``meta`` says model, prompts, scheduler, steps, guidance.
+        images, pixels: the final edited images (PIL list and (R, 3, H, W) in [0, 1]) with the learned schedule.
+        reference_images, reference_pixels: the pure-c0 images with the same noise (lambda = 0 everywhere).
+        history: one row per iteration: ``iteration``, ``loss``, one column per loss term, ``grad_norm`` and
+            ``lambda_0`` ... ``lambda_{N-1}``. The last row (``iteration == iters``) is the learned schedule itself.
+    """
+
+    schedule: MixSchedule
+    images: list[Image.Image]
+    pixels: torch.Tensor
+    reference_images: list[Image.Image]
+    reference_pixels: torch.Tensor
+    history: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        """The first edited image."""
+        return self.images[0]
+
+
+# ---- the objective ---------------------------------------------------------------------------------------------
+def as_loss_terms(losses, clip=None, cond: Conditioning | None = None, beta: float = 0.05, device="cpu"):
+    """Normalise ``losses`` to ``{name: (weight, fn)}``.
+
+    Accepts ``None`` (the paper's ``L_dir + beta * L_perc`` with ``clip``, a loaded :class:`~disentkit.losses.Clip`
+    or a path/hub id), a dict ``{name: fn}`` or ``{name: (weight, fn)}``, a single callable, or a list of them.
+    """
+    if losses is None:
+        if clip is None or isinstance(clip, (str, os.PathLike)):
+            clip = load_clip(clip, device)
+        return paper_losses(clip, cond.prompts0[0], cond.prompts1[0], beta)
+    if callable(losses):
+        losses = {"loss0": losses}
+    elif not isinstance(losses, Mapping):
+        losses = {f"loss{k}": fn for k, fn in enumerate(losses)}
+    terms = {}
+    for name, value in losses.items():
+        weight, fn = value if isinstance(value, tuple) else (1.0, value)
+        if not callable(fn):
+            raise TypeError(f"loss {name!r} is not callable; give fn(edited, reference) -> (R,) or a scalar.")
+        terms[str(name)] = (float(weight), fn)
+    return terms
+
+
+class Objective:
+    """``L(lam)`` for one prompt pair and one noise tape: sample with the mix, decode, weighted sum of the losses.
+
+    The pure-c0 reference image is sampled once, here, without gradients. Calling the objective under autograd
+    makes the whole chain differentiable in ``lam``; under ``torch.no_grad()`` it is a plain evaluation.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        cond: Conditioning,
+        tape: NoiseTape,
+        terms: dict[str, tuple[float, Loss]],
+        guidance: float = 7.5,
+        grad_checkpoint: bool = True,
+        amp: bool | torch.dtype = True,
+    ):
+        if cond.pairs != 1:
+            raise PromptError(
+                f"optimize learns one schedule for one prompt pair; got {cond.pairs} pairs. Pass cond.select(...)."
+            )
+        self.pipe, self.tape, self.terms, self.guidance = pipe, tape, terms, guidance
+        self.grad_checkpoint = grad_checkpoint
+        self.cond = cond.select(torch.zeros(tape.batch, dtype=torch.long))  # the pair, once per run
+        self.autocast = _autocast(pipe, amp)
+        with torch.no_grad():
+            zeros = torch.zeros(tape.batch, tape.steps, cond.tokens)
+            self.reference = self.render(zeros).detach()  # (R, 3, H, W), pure c0
+
+    def render(self, lam_runs: torch.Tensor) -> torch.Tensor:
+        """Pixels (R, 3, H, W) in [0, 1] for per-run weights ``lam_runs`` (R, N, T)."""
+        with self.autocast:
+            z = denoise(
+                self.pipe, self.cond, lam_runs, self.tape, self.guidance,
+                checkpoint=self.grad_checkpoint, progress=False,
+            )  # fmt: skip
+            return _at_least_fp32(decode(self.pipe, z))
+
+    def expand(self, lam: torch.Tensor) -> torch.Tensor:
+        """(N,) or (N, T) weights shared by every run -> (R, N, T)."""
+        R, N, T = self.tape.batch, self.tape.steps, self.cond.tokens
+        return (lam[None, :, None] if lam.ndim == 1 else lam[None]).expand(R, N, T)
+
+    def __call__(self, lam: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Returns (total loss, {term: (R,) values}, edited pixels)."""
+        pixels = self.render(self.expand(lam))
+        with self.autocast:
+            values = {
+                name: _at_least_fp32(torch.as_tensor(fn(pixels, self.reference))).reshape(-1)  # (R,) or (1,)
+                for name, (_, fn) in self.terms.items()
+            }
+        total = sum(weight * values[name].mean() for name, (weight, _) in self.terms.items())
+        return total, values, pixels
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    # Losses are summed in float32 even for fp16 models; float64 (the gradient test) stays float64.
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _autocast(pipe, amp: bool | torch.dtype):
+    """Mixed precision for float32 models on a GPU only (bf16 where supported); CPUs keep exact float32."""
+    device = pipeline_device(pipe)
+    if device.type != "cuda" or amp is False or pipeline_dtype(pipe) != torch.float32:
+        return contextlib.nullcontext()
+    if isinstance(amp, torch.dtype):
+        return torch.autocast("cuda", dtype=amp)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+def _save_checkpoint(folder: Path, config: dict, iteration: int, lam, adam, scaler, history: list[dict]) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "iteration": iteration,  # number of Adam updates done
+        "lam": lam.detach().cpu().clone(),
+        "adam": adam.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": history,
+    }
+    with atomic_path(folder / CHECKPOINT_FILE) as tmp:  # a crash mid-write keeps the previous checkpoint
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(folder: Path, config: dict) -> dict | None:
+    path = folder / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            f"{path} is not a disentkit optimisation checkpoint (format {state.get('format')!r})."
+        )
+    if state["config"] != config:
+        diff = sorted(k for k in config.keys() | state["config"].keys() if config.get(k) != state["config"].get(k))
+        raise CheckpointMismatchError(
+            f"{path} belongs to another optimisation (differs in {diff}); use another checkpoint_dir or delete it."
+        )
+    return state
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------------
+def optimize(
+    pipe,
+    cond: Conditioning,
+    init_schedule: MixSchedule,
+    tape: NoiseTape,
+    losses=None,
+    iters: int = 10,
+    lr: float = 0.05,
+    beta: float = 0.05,
+    guidance: float = 7.5,
+    *,
+    clip=None,
+    grad_checkpoint: bool = True,
+    amp: bool | torch.dtype = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    callback: Callable[[OptimizeStep], None] | None = None,
+    progress: bool = True,
+) -> OptimizeResult:
+    """Learn the per-step weights of the styled prompt with Adam, starting from ``init_schedule``.
+
+    Args:
+        pipe: a frozen pipeline from :func:`disentkit.load_pipeline`.
+        cond: one prompt pair from :func:`disentkit.encode` (c0 neutral, c1 styled).
+        init_schedule: N weights (N = ``tape.steps``), e.g. :func:`reference_init`; per-token (N, T) works too.
+        tape: the fixed noise; with several seeds, one shared schedule is learned on all of them (mean loss).
+        losses: ``None`` for the paper's ``L_dir + beta * L_perc`` (CLIP from ``clip``), else ``{name: fn}`` or
+            ``{name: (weight, fn)}`` with ``fn(edited, reference) -> (R,)`` on pixels in [0, 1].
+        iters, lr: Adam iterations and learning rate (the paper: 10 and 0.05).
+        beta: weight of the perceptual term in the default objective (the paper: 0.03-0.05).
+        guidance: classifier-free guidance scale (the paper: 7.5).
+        clip: a loaded :class:`~disentkit.losses.Clip`, a folder or hub id (default: the toy CLIP for toyworld,
+            ``openai/clip-vit-base-patch32`` otherwise). Only used when ``losses`` is None.
+        grad_checkpoint: recompute each UNet call in the backward pass (much less memory, about 1.3x the time).
+        amp: mixed precision on CUDA for float32 models (True: bf16 if supported, else fp16; or a dtype). No
+            effect on CPUs.
+        checkpoint_dir: save the state after every iteration (atomically) and resume from it when called again
+            with the same folder and settings.
+        callback: called with an :class:`OptimizeStep` after every iteration.
+        progress: show a progress bar.
+    """
+    init_schedule.check_steps(tape.steps)
+    tape.check(pipe)
+    device = pipeline_device(pipe)
+    if losses is None and clip is None:
+        clip = default_clip(pipe)
+    terms = as_loss_terms(losses, clip, cond, beta, device)
+    objective = Objective(pipe, cond, tape, terms, guidance, grad_checkpoint, amp)
+
+    # The only tensor that ever requires a gradient.
+    lam = init_schedule.weights.clone().to(device).requires_grad_(True)
+    adam = torch.optim.Adam([lam], lr=lr)
+    fp16 = isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16
+    scaler = torch.amp.GradScaler("cuda") if fp16 else None  # fp16 gradients underflow without loss scaling
+
+    meta = {
+        "model": model_id(pipe),
+        "prompts": [cond.prompts0[0], cond.prompts1[0]],
+        "scheduler": tape.scheduler,
+        "steps": tape.steps,
+        "eta": tape.eta,
+        "guidance": float(guidance),
+        "seeds": list(tape.seeds),
+        "iters": int(iters),
+        "lr": float(lr),
+        "losses": {name: weight for name, (weight, _) in terms.items()},
+        "init": {"label": init_schedule.label, "weights": init_schedule.weights.tolist()},
+    }
+    history: list[dict] = []
+    start = 0
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    config = {k: v for k, v in meta.items() if k != "iters"}  # a longer run may resume a shorter one
+    if folder is not None and (state := _load_checkpoint(folder, config)) is not None:
+        if state["iteration"] > iters:
+            raise CheckpointMismatchError(
+                f"{folder} already holds {state['iteration']} iterations, more than iters={iters}; "
+                "ask for more or use another folder."
+            )
+        with torch.no_grad():
+            lam.copy_(state["lam"].to(device))
+        adam.load_state_dict(state["adam"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        history, start = list(state["history"]), state["iteration"]
+
+    bar = tqdm(range(start, iters), desc="optimizing lambdas", disable=not progress, initial=start, total=iters)
+    for it in bar:
+        adam.zero_grad(set_to_none=True)
+        total, values, pixels = objective(lam)
+        (scaler.scale(total) if scaler else total).backward()
+        grad = lam.grad if scaler is None else lam.grad / scaler.get_scale()
+        row = _history_row(it, total, values, lam, grad)
+        history.append(row)
+        lam_used = lam.detach().cpu().clone()  # the weights that made these images, before the update
+        if scaler is not None:
+            scaler.step(adam)
+            scaler.update()
+        else:
+            adam.step()
+        if folder is not None:
+            _save_checkpoint(folder, config, it + 1, lam, adam, scaler, history)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if callback is not None:
+            losses_now = {k: row[k] for k in ["loss", *terms]}
+            edited, reference = pixels.detach().cpu(), objective.reference.cpu()
+            callback(OptimizeStep(it, lam_used, losses_now, edited, reference, pd.DataFrame(history)))
+
+    # Evaluate the learned weights once more: the images to return, and the last history row.
+    with torch.no_grad():
+        total, values, pixels = objective(lam)
+    history.append(_history_row(iters, total, values, lam, None))
+    schedule = MixSchedule(lam.detach().cpu(), "learned", meta)
+    pixels, reference = pixels.detach().float().cpu(), objective.reference.float().cpu()
+    return OptimizeResult(schedule, to_pil(pixels), pixels, to_pil(reference), reference, pd.DataFrame(history), meta)
+
+
+def _history_row(it: int, total, values: dict, lam: torch.Tensor, grad) -> dict:
+    row = {"iteration": it, "loss": float(total.detach())}
+    row.update({name: float(v.detach().float().mean()) for name, v in values.items()})
+    row["grad_norm"] = float(grad.norm()) if grad is not None else float("nan")
+    per_step = lam.detach().float().cpu()
+    per_step = per_step if per_step.ndim == 1 else per_step.mean(dim=1)  # per-token: log the token mean
+    row.update({f"lambda_{i}": float(w) for i, w in enumerate(per_step)})
+    return row

@@ -1,0 +1,118 @@
+"""The losses judge what they claim: the sign of the directional loss, zero distance for identical images,
+differentiable CLIP preprocessing with the model's own statistics, and frozen loss networks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from disentkit.errors import ModelNotFoundError
+from disentkit.losses import (
+    CLIP_MEAN,
+    CLIPPerceptualLoss,
+    DirectionalCLIPLoss,
+    load_clip,
+    paper_losses,
+    psnr,
+    save_tiny_clip,
+    tiny_clip,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run fastest on one thread; on a shared, loaded CPU two threads can be 30x slower (spin waits).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return tiny_clip(seed=0)
+
+
+class StubClip:
+    """A 'CLIP' whose embeddings we know: text i -> unit vector e_i; an image -> its first 3 pixel values."""
+
+    def encode_texts(self, texts):
+        return torch.eye(3)[: len(texts)]
+
+    def encode_images(self, pixels):
+        return pixels.flatten(1)[:, :3]
+
+
+def test_directional_loss_has_the_right_sign():
+    loss = DirectionalCLIPLoss(StubClip(), "c0", "c1")  # text direction: e_1 - e_0
+    reference = torch.zeros(1, 3, 1, 1)
+    along = torch.tensor([-1.0, 1.0, 0.0]).view(1, 3, 1, 1)  # the image moved as the text did
+    against = -along
+    sideways = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    assert loss(along, reference).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(against, reference).item() == pytest.approx(2.0, abs=1e-6)
+    assert loss(sideways, reference).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_directional_loss_is_per_image_and_differentiable(clip):
+    loss = DirectionalCLIPLoss(clip, "a photo of a face", "a photo of a face, smiling")
+    reference = torch.rand(2, 3, 32, 32)
+    edited = torch.rand(2, 3, 32, 32, requires_grad=True)
+    values = loss(edited, reference)
+    assert values.shape == (2,)
+    assert ((values >= 0) & (values <= 2)).all()
+    values.sum().backward()
+    assert edited.grad is not None and edited.grad.abs().sum() > 0
+
+
+def test_perceptual_loss_is_zero_for_the_same_image_and_grows_with_change(clip):
+    loss = CLIPPerceptualLoss(clip)
+    reference = torch.rand(1, 3, 32, 32)
+    assert loss(reference.clone(), reference).item() == pytest.approx(0.0, abs=1e-6)
+    small = loss((reference + 0.02 * torch.randn_like(reference)).clamp(0, 1), reference)
+    large = loss(torch.rand(1, 3, 32, 32), reference)
+    assert 0 < small.item() < large.item()
+    assert all(1 <= k <= clip.model.config.vision_config.num_hidden_layers for k in loss.layers)
+
+
+def test_preprocess_resizes_crops_and_normalises_differentiably(clip):
+    pixels = torch.full((1, 3, 64, 96), 0.5, requires_grad=True)  # not square: short side to 32, centre crop
+    x = clip.preprocess(pixels)
+    assert x.shape == (1, 3, 32, 32)
+    expected = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(clip.std)
+    assert torch.allclose(x[0, :, 5, 5], expected, atol=1e-5)
+    x.sum().backward()
+    assert pixels.grad is not None
+    assert pixels.grad[..., :12].abs().sum() == 0  # the cropped-away left margin (16 px, less the filter) gets none
+
+
+def test_load_clip_reads_the_folder_statistics_and_is_frozen(tmp_path):
+    folder = save_tiny_clip(tmp_path / "clip", seed=1)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}))
+    clip = load_clip(folder)
+    assert clip.mean == (0.5, 0.5, 0.5) and clip.std == (0.25, 0.25, 0.25)
+    assert not any(p.requires_grad for p in clip.model.parameters())
+    same = tiny_clip(seed=1)
+    texts = ["a photo of a circle", "a photo of a circle, red"]
+    assert torch.allclose(clip.encode_texts(texts), same.encode_texts(texts), atol=1e-6)
+
+
+def test_load_clip_missing_folder_says_so(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="CLIP"):
+        load_clip(tmp_path / "nothing-here")
+
+
+def test_paper_losses_are_weighted_as_in_the_paper(clip):
+    terms = paper_losses(clip, "a", "b", beta=0.03)
+    assert terms["dir"][0] == 1.0 and terms["perc"][0] == 0.03
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert math.isinf(psnr(a, a).item())
+    assert psnr(a, a + 0.1).item() == pytest.approx(20.0, abs=1e-4)  # mse 0.01 -> 20 dB
+    assert torch.allclose(psnr(a, a + 0.1), -10 * torch.log10(F.mse_loss(a, a + 0.1)))

@@ -1,0 +1,219 @@
+"""optimize() learns the lambdas and only the lambdas: exact gradients (checked against finite differences), no
+gradient ever reaches a model weight, the loss goes down, and a checkpointed run resumes to the same result."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import disentkit as dk
+from disentkit.errors import ScheduleLengthError
+from disentkit.losses import tiny_clip
+from disentkit.optimize import (
+    CheckpointMismatchError,
+    Objective,
+    OptimizeStep,
+    as_loss_terms,
+    optimize,
+    reference_init,
+)
+from disentkit.testing import tiny_pipeline
+from disentkit.transfer import ScheduleModelError, fit_schedule, transfer
+
+STEPS = 3
+C0, C1 = "a photo of a face", "a photo of a face, smiling"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run fastest on one thread; on a shared, loaded CPU two threads can be 30x slower (spin waits).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    # Our own pipeline object: the run below must be able to check that nothing in it ever gets a gradient.
+    return tiny_pipeline("sd1", seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return tiny_clip(seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(pipe):
+    cond = dk.encode(pipe, C0, C1)
+    tape = dk.NoiseTape.from_seed(pipe, 42, steps=STEPS)
+    return cond, tape
+
+
+@pytest.fixture(scope="module")
+def run(pipe, clip, setup):
+    cond, tape = setup
+    seen = []
+    result = optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=4, lr=0.1, clip=clip,
+                      callback=seen.append, progress=False)  # fmt: skip
+    return result, seen
+
+
+def test_reference_init_is_the_papers_switch():
+    s = reference_init(50, c0_steps=20, late=1.2)
+    assert s.weights[:20].eq(0).all() and s.weights[20:].eq(1.2).all()
+
+
+@pytest.mark.parametrize("grad_checkpoint", [True, False])
+def test_gradient_matches_central_finite_differences(grad_checkpoint):
+    # float64 end to end, so a central difference is accurate to ~1e-9 and any error in the chain rule shows.
+    pipe64 = tiny_pipeline("sd1", seed=3).to(torch.float64)
+    cond = dk.encode(pipe64, C0, C1)
+    tape = dk.NoiseTape.from_seed(pipe64, 7, steps=STEPS, eta=0.5)  # stochastic DDIM: the tape's step noise too
+    weights = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pixel_loss = lambda edited, reference: (weights * (edited - reference)).sum()  # noqa: E731
+    objective = Objective(pipe64, cond, tape, as_loss_terms({"pix": pixel_loss}), 5.0, grad_checkpoint)
+
+    lam = torch.tensor([0.2, 0.7, 1.1], dtype=torch.float64, requires_grad=True)
+    objective(lam)[0].backward()
+    h = 1e-5
+    with torch.no_grad():
+        numeric = []
+        for i in range(STEPS):
+            e = torch.zeros(STEPS, dtype=torch.float64)
+            e[i] = h
+            numeric.append((objective(lam + e)[0] - objective(lam - e)[0]) / (2 * h))
+    numeric = torch.stack(numeric)
+    assert numeric.abs().max() > 1e-4, "the loss does not depend on lambda; the test would prove nothing"
+    torch.testing.assert_close(lam.grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_no_model_weight_ever_gets_a_gradient(pipe, clip, run):
+    for name, module in [*pipe.components.items(), ("clip", clip.model)]:
+        if isinstance(module, torch.nn.Module):
+            for p in module.parameters():
+                assert not p.requires_grad and p.grad is None, f"{name} got a gradient"
+
+
+def test_loss_decreases(run):
+    history = run[0].history
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+
+def test_history_callback_and_metadata(run):
+    result, seen = run
+    h = result.history
+    assert list(h["iteration"]) == [0, 1, 2, 3, 4]  # 4 updates, then the learned schedule itself
+    assert {"loss", "dir", "perc", "grad_norm"} <= set(h.columns)
+    assert [f"lambda_{i}" for i in range(STEPS)] == [c for c in h.columns if c.startswith("lambda_")]
+    assert list(h.iloc[0][[f"lambda_{i}" for i in range(STEPS)]]) == [0.0, 1.0, 1.0]  # the init
+    assert torch.allclose(torch.tensor(h.iloc[-1][[f"lambda_{i}" for i in range(STEPS)]].tolist()), result.schedule.weights)
+
+    assert [s.iteration for s in seen] == [0, 1, 2, 3]
+    assert isinstance(seen[0], OptimizeStep) and seen[0].edited.shape == (1, 3, 32, 32)
+    assert seen[1].losses["loss"] == pytest.approx(h["loss"].iloc[1])
+
+    meta = result.schedule.meta
+    assert meta["prompts"] == [C0, C1]
+    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("ddim", STEPS, 7.5)
+    assert "model" in meta
+    assert len(result.images) == 1 and result.pixels.shape == (1, 3, 32, 32)
+
+
+def test_reference_is_the_pure_c0_image(pipe, setup, run):
+    cond, tape = setup
+    pure = dk.sample(pipe, cond, dk.MixSchedule.constant(STEPS, 0.0), tape, progress=False)
+    torch.testing.assert_close(run[0].reference_pixels, pure.pixels, atol=1e-5, rtol=0)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_gives_the_uninterrupted_result(pipe, clip, setup, tmp_path):
+    cond, tape = setup
+    terms = as_loss_terms(None, clip, cond)  # the paper's losses, built once and shared by the three runs
+    init = reference_init(STEPS, c0_steps=1)
+    kwargs = dict(losses=terms, iters=3, lr=0.1, progress=False)
+    whole = optimize(pipe, cond, init, tape, **kwargs)
+
+    def stop_after_two(step):
+        if step.iteration == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, callback=stop_after_two, **kwargs)
+    resumed_from = []
+    again = optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, callback=resumed_from.append, **kwargs)
+    assert [s.iteration for s in resumed_from] == [2]  # iterations 0 and 1 came from the checkpoint
+    torch.testing.assert_close(again.schedule.weights, whole.schedule.weights, rtol=0, atol=1e-6)
+    cols = ["iteration", "loss", "lambda_0", "lambda_1", "lambda_2"]
+    torch.testing.assert_close(torch.tensor(again.history[cols].values), torch.tensor(whole.history[cols].values), rtol=0, atol=1e-6)
+
+    with pytest.raises(CheckpointMismatchError, match="lr"):  # another optimisation must not resume this one
+        optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, **{**kwargs, "lr": 0.2})
+
+
+def test_schedule_of_the_wrong_length_is_refused(pipe, clip, setup):
+    cond, tape = setup
+    with pytest.raises(ScheduleLengthError):
+        optimize(pipe, cond, reference_init(STEPS + 1, 1), tape, iters=1, clip=clip, progress=False)
+
+
+# ---- transfer: a learned schedule is a file that applies to new seeds ---------------------------------------------
+class StubEvaluator:
+    """Stands in for the toyworld evaluator: content kept = 1 - mean |difference|; style = mean red level."""
+
+    def __init__(self):
+        self.asked = []
+
+    def content_kept(self, edited, reference):
+        return pd.DataFrame({"mask_iou": (1 - (edited - reference).abs().mean(dim=(1, 2, 3))).numpy()})
+
+    def style_reached(self, images, factor, value):
+        self.asked.append((factor, value))
+        return images[:, 0].mean(dim=(1, 2))
+
+
+def test_transfer_applies_the_saved_schedule_to_new_seeds(pipe, clip, run, tmp_path):
+    path = run[0].schedule.save(tmp_path / "smiling.json")
+    evaluator = StubEvaluator()
+    out = transfer(pipe, path, [5, 6], clip=clip, evaluator=evaluator, progress=False)
+    assert isinstance(out.grid, Image.Image) and out.grid.width > out.grid.height  # 2 rows, one column per seed
+    m = out.metrics
+    assert list(m["seed"]) == [5, 6]
+    assert m["clip_direction"].between(-1, 1).all() and (m["perceptual"] >= 0).all()
+    assert evaluator.asked == [("expression", "smiling")] * 2  # the target read off the toy captions
+    assert np.allclose(m["style_gain"], m["style_edited"] - m["style_reference"])
+    assert "content_mask_iou" in m
+
+    # Same images as sampling the schedule by hand with the metadata's prompts, sampler and guidance.
+    cond = dk.encode(pipe, C0, C1)
+    by_hand = dk.sample(pipe, cond, run[0].schedule, dk.NoiseTape.from_seed(pipe, [5, 6], steps=STEPS), 7.5, progress=False)
+    torch.testing.assert_close(out.edited_pixels, by_hand.pixels, rtol=0, atol=1e-6)
+
+
+def test_transfer_refuses_another_step_count_unless_resampling(pipe, run):
+    schedule = run[0].schedule
+    with pytest.raises(ScheduleLengthError, match="resample"):
+        transfer(pipe, schedule, [1], steps=STEPS + 1, clip=False, progress=False)
+    out = transfer(pipe, schedule, [1], steps=STEPS + 1, resample=True, clip=False, progress=False)
+    assert out.schedule.steps == STEPS + 1 and "clip_direction" not in out.metrics
+    grid, metrics = out
+    assert grid is out.grid and metrics is out.metrics
+
+
+def test_a_schedule_for_another_model_is_refused_unless_asked(run):
+    schedule = run[0].schedule.with_meta(model="CompVis/stable-diffusion-v1-4")
+    toy = SimpleNamespace(name_or_path="toyworld-elsewhere/pipeline")
+    with pytest.raises(ScheduleModelError, match="stable-diffusion-v1-4"):
+        fit_schedule(schedule, toy, STEPS)
+    with pytest.warns(UserWarning, match="learned on model"):
+        assert fit_schedule(schedule, toy, STEPS, resample=True) is schedule
+    assert isinstance(ScheduleModelError("x"), dk.errors.DisentkitError)
