@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from disentkit.cli import main, parse_seeds
@@ -16,15 +15,6 @@ from disentkit.losses import save_tiny_clip
 
 STEPS = 3
 C0, C1 = "a photo of a face", "a photo of a face, smiling"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one thread; on a shared, loaded CPU two threads can be 30x slower (spin waits).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

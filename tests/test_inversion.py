@@ -18,15 +18,6 @@ PROMPT = "a photo of a circle"
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one thread; on a shared, loaded CPU two threads can be 30x slower (spin waits).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def pipe(request):
     return tiny_pipeline(request.param, seed=0)

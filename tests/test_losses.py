@@ -23,15 +23,6 @@ from disentkit.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one thread; on a shared, loaded CPU two threads can be 30x slower (spin waits).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return tiny_clip(seed=0)

@@ -29,15 +29,6 @@ STEPS = 3
 C0, C1 = "a photo of a face", "a photo of a face, smiling"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one thread; on a shared, loaded CPU two threads can be 30x slower (spin waits).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     # Our own pipeline object: the run below must be able to check that nothing in it ever gets a gradient.

@@ -1,0 +1,166 @@
+"""Smoke tests of benchmarks/toyworld_report.py on the tiny random sd1 pipeline and a tiny random CLIP.
+
+The quality bars are not checked here (random weights cannot pass them); what is checked is that every part runs,
+writes its tables and figures, and that the numbers have the shapes, columns and ranges a reader relies on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from disentkit.losses import save_tiny_clip
+from disentkit.toyworld import scenes
+from disentkit.toyworld.evaluator import Evaluator
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "toyworld_report.py"
+
+
+@pytest.fixture(scope="module")
+def tr():
+    spec = importlib.util.spec_from_file_location("toyworld_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the script's string annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_prompt_set_says_one_attribute_each_and_covers_every_value(tr):
+    prompts = tr.prompt_set()
+    said = {name: set() for name in scenes.FACTORS}
+    for p in prompts:
+        pinned = scenes.parse_caption(p)  # raises if the wording is not a toy caption
+        assert len(pinned) == 2, f"{p!r} should say its kind and exactly one attribute"
+        for name, value in pinned.items():
+            said[name].add(value)
+    for name in ("kind", "color", "texture", "expression", "background"):
+        assert said[name] == set(scenes.FACTORS[name]), name
+    assert said["rendering"] == {"sketch"}  # "a photo of" pins nothing, so only the sketch can be asked for
+
+
+def test_map_pairs_differ_in_their_factor_only(tr):
+    for pair in tr.MAP_PAIRS:
+        c0, c1 = scenes.parse_caption(pair.c0), scenes.parse_caption(pair.c1)
+        assert c0 == {"kind": pair.kind}
+        assert c1 == {"kind": pair.kind, pair.factor: pair.target}
+    assert tr.MAP_PAIRS[0].c1 == "a photo of a circle, red"
+    assert tr.MAP_PAIRS[3].c1 == "a sketch of a star"
+
+
+def test_switch_steps_always_include_the_pure_c0_reference(tr):
+    assert tr.ReportConfig().switch_steps == list(range(51))
+    assert tr.ReportConfig.quick().switch_steps == list(range(0, 51, 5))
+    assert tr.ReportConfig(steps=12, switch_every=5).switch_steps == [0, 5, 10, 12]
+
+
+def test_best_switch_steps_reads_the_curves(tr):
+    # style falls and IoU rises with k: style >= 0.8 up to k = 20, IoU >= 0.8 from k = 10 on (with a dip at 30).
+    ks = np.arange(0, 51, 10)
+    style = np.array([0.95, 0.9, 0.85, 0.5, 0.2, 0.1])
+    iou = np.array([0.3, 0.85, 0.95, 0.7, 0.95, 1.0])
+    table = pd.DataFrame({"pair": "p", "k": ks, "style_prob": style, "style_hit": style, "mask_iou": iou,
+                          "shift_px": 0.0, "kind_kept": 1.0})  # fmt: skip
+    row = tr.best_switch_steps(table, steps=50).iloc[0]
+    assert row["best_k"] == 20  # the latest k still reaching the style
+    assert row["content_k"] == 40  # the dip at 30 means content is only settled from 40 on
+    assert row["product_k"] == 20  # 0.85 * 0.95 is the largest product
+    assert row["style_c0"] == pytest.approx(0.1) and row["style_c1"] == pytest.approx(0.95)
+    assert not row["window"]  # settled (40) only after the last switch that reaches the style (20)
+
+    c0_alone = table.assign(style_prob=np.where(ks == 50, 0.9, 0.3))  # only the reference itself "reaches" it
+    assert pd.isna(tr.best_switch_steps(c0_alone, steps=50).iloc[0]["best_k"])
+
+    never = table.assign(style_prob=0.3)
+    row = tr.best_switch_steps(never, steps=50).iloc[0]
+    assert pd.isna(row["best_k"]) and not row["window"]
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tr, sd1_pipe, tmp_path_factory):
+    """The whole report on the tiny pipeline: 3 steps, 2 prompts x 2 samples, 2 pairs x 2 seeds x k in 0..3."""
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    clip, stats = tr.load_report_clip(save_tiny_clip(folder))
+    cfg = tr.ReportConfig(
+        steps=3, samples_per_prompt=2, clip_scenes=4, speed_repeats=1, map_seeds=2, max_batch=8,
+        prompts=["a photo of a circle, red", "a photo of a face, smiling"], pairs=tr.MAP_PAIRS[:2],
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("report")
+    meta = tr.report_meta("tiny-sd1", folder, stats, None, quick=True)
+    report = tr.run_report(tr.Runner(sd1_pipe, Evaluator.load()), clip, cfg, out, meta)
+    return report, out, cfg, stats
+
+
+def test_report_writes_every_output(tiny_report):
+    report, out, _, _ = tiny_report
+    for name in ("report.json", "report.md", "readme_section.md", "prompt_following.csv",
+                 "prompt_following_per_prompt.csv", "clip_zero_shot.csv", "map.csv", "map_runs.csv", "map_summary.csv",
+                 "map_style.png", "map_content_iou.png", "map_curves.png", "map_examples.png", "prompt_examples.png"):
+        assert (out / name).stat().st_size > 0, name  # fmt: skip
+    json.loads((out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
+    md = (out / "report.md").read_text()
+    assert "## What toyworld shows" in md and "QUICK" in md
+    assert set(report["timings_s"]) == {"prompt_following", "clip_zero_shot", "speed", "map", "total"}
+
+
+def test_prompt_following_table(tiny_report):
+    _, out, _, _ = tiny_report
+    per_prompt = pd.read_csv(out / "prompt_following_per_prompt.csv")
+    assert list(per_prompt.columns) == ["prompt", "factor", "target", "n", "accuracy", "target_prob"]
+    assert set(zip(per_prompt["prompt"], per_prompt["factor"])) == {
+        ("a photo of a circle, red", "kind"), ("a photo of a circle, red", "color"),
+        ("a photo of a face, smiling", "kind"), ("a photo of a face, smiling", "expression"),
+    }  # fmt: skip
+    assert (per_prompt["n"] == 2).all()
+    assert per_prompt[["accuracy", "target_prob"]].apply(lambda c: c.between(0, 1).all()).all()
+    per_factor = pd.read_csv(out / "prompt_following.csv")
+    assert list(per_factor["factor"]) == ["kind", "color", "expression"]  # FACTORS order
+    assert per_factor.set_index("factor").loc["kind", "n_images"] == 4
+
+
+def test_clip_zero_shot_table(tiny_report):
+    _, out, _, stats = tiny_report
+    zs = pd.read_csv(out / "clip_zero_shot.csv")
+    assert list(zs["factor"]) == list(scenes.FACTORS)
+    assert zs["accuracy"].between(0, 1).all() and (zs["n"] == 4).all()
+    assert zs.set_index("factor").loc["rendering", "chance"] == pytest.approx(0.5)
+    assert "[-1, 1]" in stats  # the tiny CLIP folder has no preprocessor config, like the toy CLIP's
+
+
+def test_speed_entry(tiny_report):
+    speed = tiny_report[0]["speed"]
+    assert speed["wall_s_median"] > 0 and speed["cpu_s_median"] >= 0 and speed["torch_threads"] >= 1
+    assert speed["seconds"] == speed[f"{speed['judged_on']}_s_median"]
+
+
+def test_map_tables(tiny_report):
+    report, out, cfg, _ = tiny_report
+    runs = pd.read_csv(out / "map_runs.csv")
+    assert len(runs) == 2 * 4 * 2  # pairs x switch steps (0..3) x seeds
+    for col in ("mask_iou", "style_prob", "style_hit", "kind_kept", "shift_frac"):
+        assert runs[col].astype(float).between(0, 1).all(), col
+    ref = runs[runs["k"] == cfg.steps]  # the pure-c0 image against itself
+    assert (ref["mask_iou"] == 1).all() and ref["kind_kept"].all()
+    assert (ref["shift_px"].fillna(0) == 0).all()  # NaN only where the evaluator finds no object at all
+    table = pd.read_csv(out / "map.csv")
+    assert list(table.columns) == ["pair", "k", "n", "style_prob", "style_hit", "mask_iou", "shift_px", "shift_frac",
+                                   "kind_kept"]  # fmt: skip
+    assert len(table) == 2 * 4 and (table["n"] == 2).all()
+    summary = pd.read_csv(out / "map_summary.csv")
+    assert list(summary["pair"]) == ["colour", "texture"]
+    assert summary["content_k"].isin(cfg.switch_steps).all()
+    assert summary["best_k"].dropna().isin(cfg.switch_steps).all()
+    assert report["map"]["unet_rows"] < report["map"]["unshared_rows"]  # the c0 prefix was shared
+
+
+def test_render_rewrites_the_words_from_report_json(tr, tiny_report):
+    _, out, _, _ = tiny_report
+    (out / "report.md").write_text("stale")
+    tr.main(["--render", str(out / "report.json")])
+    assert "## What toyworld shows" in (out / "report.md").read_text()
