@@ -200,7 +200,8 @@ def is_toyworld(model: str | os.PathLike) -> bool:
 def default_prompts(model: str | os.PathLike, c0: str | None = None, c1: str | None = None) -> tuple[str, str]:
     """The prompts a notebook uses when none are given: toyworld's captions, or the paper's first pair."""
     d0, d1 = (
-        ("a photo of a face", "a photo of a face, smiling")
+        # The colour edit: the attribute the bundled toy model follows best (see the README's toyworld report).
+        ("a photo of a circle", "a photo of a circle, red")
         if is_toyworld(model)
         else ("A photo of person", "A photo of person, smiling")
     )
