@@ -208,6 +208,12 @@ def default_prompts(model: str | os.PathLike, c0: str | None = None, c1: str | N
     return c0 or d0, c1 or d1
 
 
+def default_switch(model: str | os.PathLike, steps: int) -> int:
+    """The switch step a notebook uses when it needs one: the paper's 20 of 50 (40%) on Stable Diffusion; 8% on
+    toyworld, whose measured window lies at steps 3-8 of 50 (benchmarks/toyworld_report.py)."""
+    return max(1, round((0.08 if is_toyworld(model) else 0.4) * steps))
+
+
 def default_dtype(model: str | os.PathLike, device: str):
     """float16 for real Stable Diffusion on a GPU (half the memory), float32 otherwise (the toy model is tiny)."""
     import torch
