@@ -392,10 +392,7 @@ def train_clip(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer, name
     optimizer = torch.optim.AdamW(trainable, lr=stage.config.lr, weight_decay=stage.config.weight_decay)
     state = stage.load()
     if state:
-        clip.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        _restore(state, rng, model=clip, optimizer=optimizer)
     if name == "clip_vision":
         # The text side always comes from the clip_text stage (a no-op on a plain resume, where it was frozen).
         clip.load_state_dict(text_side, strict=False)
@@ -452,10 +449,7 @@ def train_clip_text(cfg: TrainConfig, run_dir: Path, tokenizer) -> None:
                                   weight_decay=stage.config.weight_decay)
     state = stage.load()
     if state:
-        clip.load_state_dict(state["model"])
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
+        _restore(state, rng, model=clip, heads=heads, optimizer=optimizer)
     encode = CaptionEncoder(tokenizer)
     scene_rng = np.random.default_rng(cfg.seed + 6)
 
@@ -499,10 +493,7 @@ def train_vae(cfg: TrainConfig, run_dir: Path, data: SceneData) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, weight_decay=cfg.vae.weight_decay)
     state = stage.load()
     if state:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        _restore(state, rng, model=vae, optimizer=optimizer)
     log(f"vae: {count_parameters(vae) / 1e6:.2f}M parameters")
 
     def step_fn(step):
@@ -586,11 +577,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer) -> N
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet.lr, weight_decay=cfg.unet.weight_decay)
     state = stage.load()
     if state:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        _restore(state, rng, model=unet, ema=ema, optimizer=optimizer)
     scheduler = make_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod.to(cfg.device)
     encode = CaptionEncoder(tokenizer)
@@ -805,6 +792,16 @@ def _replace_entry(new: Path, target: Path) -> None:
         shutil.rmtree(old)
     elif old.exists():
         old.unlink()
+
+
+def _restore(state: dict, rng: np.random.Generator, **parts) -> None:
+    """Resume a stage from its checkpoint: each named part (model, optimizer, EMA...) and the random streams, so a
+    resumed run continues exactly where the interrupted one stopped."""
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    rng.bit_generator.state = state["rng"]
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
 
 
 def _write_clip_preprocessor(folder: Path, size: int) -> None:
