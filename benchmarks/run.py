@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import disentkit as dk  # noqa: E402
 from disentkit.errors import ModelNotFoundError  # noqa: E402
+from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
 from disentkit.samplers import make_scheduler  # noqa: E402
 from disentkit.sampling import decode, denoise  # noqa: E402
 from disentkit.sweeps import count_branch_steps, sweep_switch  # noqa: E402
@@ -506,9 +507,9 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json_atomic(out / "results.json", json.loads(json.dumps(results, default=str)))
     table = markdown(results)
-    (out / "results.md").write_text(table)
+    write_text_atomic(out / "results.md", table)
     print(table)
     return 0
 

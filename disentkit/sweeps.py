@@ -17,7 +17,6 @@ instead of K * N: the pure-c0 "trunk" runs once and each switch step forks off i
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from .conditioning import Conditioning, mix
 from .errors import InvalidScheduleError
 from .noise import NoiseTape
-from .pipeline import pipeline_device, pipeline_dtype
+from .pipeline import pipeline_device, pipeline_dtype, with_compiled_unet
 from .samplers import make_scheduler, step_kwargs, step_of_call
 from .sampling import (
     SampleResult,
@@ -90,20 +89,6 @@ def count_branch_steps(schedules: Sequence[MixSchedule], scheduler: str, steps: 
     return total
 
 
-@functools.lru_cache(maxsize=2)
-def _compiled(unet: torch.nn.Module):
-    # Cached so that repeated sweeps do not recompile; at most two UNets are kept alive by the cache.
-    return torch.compile(unet)
-
-
-class _UNetView:
-    """Enough of a pipeline for :func:`guided_output` (it only reads ``.unet``): lets us call a compiled UNet
-    without replacing the user's ``pipe.unet``."""
-
-    def __init__(self, unet):
-        self.unet = unet
-
-
 def sweep(
     pipe,
     cond: Conditioning,
@@ -139,7 +124,7 @@ def sweep(
     runs = run_index(cond.pairs, schedules, tape, cond)
     S, B = len(schedules), tape.batch
     device, dtype = pipeline_device(pipe), pipeline_dtype(pipe)
-    model_pipe = _UNetView(_compiled(pipe.unet)) if compile else pipe
+    model_pipe = with_compiled_unet(pipe) if compile else pipe
     rows_per_run = 2 if guidance > 1 else 1
 
     with torch.inference_mode():

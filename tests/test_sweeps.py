@@ -138,3 +138,15 @@ def test_bad_schedules_raise(sd1_pipe, conds):
         sweep(sd1_pipe, conds["sd1"], [dk.MixSchedule.switch(STEPS + 1, 2)], tape, progress=False)
     with pytest.raises(InvalidScheduleError):
         sweep_switch(sd1_pipe, conds["sd1"], tape, [STEPS + 1], progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_sweep_and_sample_give_the_same_images(sd1_pipe, conds):
+    # torch.compile (inductor; needs a C++ compiler on the CPU) must change the speed, never the images.
+    tape = dk.NoiseTape.from_seed(sd1_pipe, [3, 4], steps=STEPS)
+    eager = sweep_switch(sd1_pipe, conds["sd1"], tape, SWITCH, progress=False)
+    compiled = sweep_switch(sd1_pipe, conds["sd1"], tape, SWITCH, progress=False, compile=True)
+    _assert_same(eager, compiled)
+    schedules = [dk.MixSchedule.switch(STEPS, k) for k in SWITCH]
+    _assert_same(eager, dk.sample(sd1_pipe, conds["sd1"], schedules, tape, progress=False, compile=True))
+    assert not hasattr(sd1_pipe.unet, "_orig_mod")  # the user's pipeline keeps its own, uncompiled UNet

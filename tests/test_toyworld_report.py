@@ -164,3 +164,13 @@ def test_render_rewrites_the_words_from_report_json(tr, tiny_report):
     (out / "report.md").write_text("stale")
     tr.main(["--render", str(out / "report.json")])
     assert "## What toyworld shows" in (out / "report.md").read_text()
+
+
+def test_speed_text_names_the_compiled_time_when_measured(tr):
+    eager = {"judged_on": "wall", "wall_s_median": 1.2, "cpu_s_median": 2.3, "torch_threads": 2}
+    compiled = {"wall_s_median": 0.9, "cpu_s_median": 1.7, "first_call_wall_s": 48.0, "passed": True}
+    cfg = {"steps": 50, "speed_repeats": 5}
+    text = tr.speed_text(eager, cfg)
+    assert "1.20 s" in text and "**over**" in text and "compile" not in text
+    text = tr.speed_text(eager | {"compiled": compiled}, cfg)
+    assert "0.90 s: within the bar" in text and "48 s" in text

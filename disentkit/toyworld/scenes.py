@@ -225,6 +225,17 @@ def random_caption(scene: Scene, rng: np.random.Generator) -> str:
     return caption(scene, mention)
 
 
+def factor_captions(scene: Scene, factor: str) -> list[str]:
+    """Captions of `scene` that differ only in `factor`, one per value in FACTORS order: the zero-shot question
+    "which of these fits?" (kind: each kind's neutral caption; rendering: "a photo of" vs "a sketch of")."""
+    values = FACTORS[factor]
+    if factor == "kind":
+        return [caption(replace(scene, kind=k, expression="neutral" if k == "face" else None)) for k in values]
+    if factor == "rendering":
+        return [caption(replace(scene, rendering=v), ["rendering"]) for v in values]
+    return [caption(replace(scene, **{factor: v}), [factor]) for v in values]
+
+
 def all_attribute_captions(kind: str) -> list[str]:
     """Every caption that says exactly one attribute of a `kind` object, plus its neutral caption (for tests and
     evaluation grids)."""

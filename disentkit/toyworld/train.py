@@ -106,6 +106,20 @@ class TrainConfig:
     clip_vision: StageConfig = field(default_factory=lambda: StageConfig(20000, 55, 64, 3e-4, warmup_steps=20, weight_decay=0.1))
     ema_decay: float = 0.998
     min_snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023): converges faster at equal compute
+    # Faces are one kind in five, and their expression lives in a few mouth pixels: the UNet and CLIP's vision
+    # tower see faces this often instead (captions still say only what the image shows, so what a caption means
+    # does not change, only how often the model practises the hardest case).
+    face_fraction: float = 0.35
+    # The UNet's noise-prediction error counts (1 + object_weight) times on latent pixels the object covers:
+    # colour, texture and mouths live there, the background is large and easy.
+    object_weight: float = 2.0
+    # CLIP's vision stage also scores each image against captions that differ in one factor only (hard
+    # negatives, as in NegCLIP): in-batch negatives rarely differ in just the mouth.
+    hard_negative_weight: float = 1.0
+    # Extra training rounds for stages that already finished ({stage: minutes}, from --more): each restarts the
+    # cosine learning rate at more_lr_scale times the stage's peak and continues from the stage's checkpoint.
+    more: dict = field(default_factory=dict)
+    more_lr_scale: float = 0.5
     clip_model: ToyCLIPConfig = field(default_factory=ToyCLIPConfig)
     vae_model: ToyVAEConfig = field(default_factory=ToyVAEConfig)
     unet_model: ToyUNetConfig = field(default_factory=ToyUNetConfig)
@@ -169,6 +183,10 @@ class SceneData:
     images: np.ndarray  # (N, 64, 64, 3) uint8, memory-mapped
     masks: np.ndarray  # (N, 64, 64) bool
     labels: np.ndarray  # (N, 6) int: index of each factor's value in FACTORS order, -1 for "no expression"
+
+    @property
+    def face_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.labels[:, list(S.FACTORS).index("kind")] == S.KINDS.index("face"))
 
 
 def factor_indices(labels: dict[str, str | None]) -> list[int]:
@@ -241,6 +259,16 @@ def caption_pins(text: str) -> list[int]:
     return [S.FACTORS[name].index(pinned[name]) if name in pinned else -1 for name in S.FACTORS]
 
 
+def sample_indices(rng: np.random.Generator, data: SceneData, batch_size: int, face_fraction: float) -> np.ndarray:
+    """Random training indices; with face_fraction > 0, that share of them drawn from the faces only."""
+    idx = rng.integers(len(data.scenes), size=batch_size)
+    if face_fraction > 0:
+        faces = data.face_indices
+        from_faces = rng.random(batch_size) < face_fraction
+        idx[from_faces] = faces[rng.integers(len(faces), size=int(from_faces.sum()))]
+    return idx
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Stage bookkeeping: checkpoint, resume, time budget
 
@@ -248,28 +276,45 @@ def caption_pins(text: str) -> list[int]:
 class Stage:
     """One training stage's state on disk: run_dir/<name>/checkpoint.pt (+ done.json when finished)."""
 
-    def __init__(self, run_dir: Path, name: str, config: StageConfig):
+    def __init__(self, run_dir: Path, name: str, config: StageConfig, more_minutes: float | None = None,
+                 more_lr_scale: float = 0.5):  # fmt: skip
         self.dir = run_dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name, self.config = name, config
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self.done_path = self.dir / "done.json"
         self.step, self.elapsed, self.history = 0, 0.0, []
+        # A round is one pass of the learning-rate schedule over a time budget. Round 0 is the stage's own; a
+        # finished stage given more minutes (--more) starts another from where it stopped.
+        self.round = dict(index=0, start_step=0, start_elapsed=0.0, minutes=config.minutes, lr=config.lr)
+        self.reopen = more_minutes if (more_minutes and self.done_path.exists()) else None
+        self.more_lr_scale = more_lr_scale
 
     @property
     def done(self) -> bool:
-        return self.done_path.exists()
+        return self.done_path.exists() and self.reopen is None
 
     def load(self) -> dict | None:
         if not self.checkpoint_path.exists():
             return None
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)  # our own file
         self.step, self.elapsed, self.history = state["step"], state["elapsed"], state["history"]
-        log(f"{self.name}: resuming at step {self.step} ({self.elapsed / 60:.1f} min done)")
+        self.round = state.get("round", self.round)
+        if self.reopen is not None:
+            index = self.round["index"] + 1
+            self.round = dict(index=index, start_step=self.step, start_elapsed=self.elapsed, minutes=self.reopen,
+                              lr=self.config.lr * self.more_lr_scale)
+            # The finished round's summary is kept beside the checkpoint; done.json comes back when this round ends.
+            os.replace(self.done_path, self.dir / f"done.round{index - 1}.json")
+            self.reopen = None
+            log(f"{self.name}: round {index}, {self.round['minutes']:g} more minutes from step {self.step}")
+        else:
+            log(f"{self.name}: resuming at step {self.step} ({self.elapsed / 60:.1f} min done)")
         return state
 
     def save(self, **state) -> None:
-        atomic_torch_save(dict(step=self.step, elapsed=self.elapsed, history=self.history, **state), self.checkpoint_path)
+        atomic_torch_save(dict(step=self.step, elapsed=self.elapsed, history=self.history, round=self.round, **state),
+                          self.checkpoint_path)
 
     def finish(self, summary: dict) -> None:
         summary = dict(stage=self.name, steps=self.step, minutes=self.elapsed / 60, **summary)
@@ -277,11 +322,14 @@ class Stage:
         log(f"{self.name}: done, {json.dumps(summary)}")
 
     def progress(self) -> float:
-        return max(self.step / self.config.max_steps, self.elapsed / (60 * self.config.minutes))
+        """How far through the current round (0..1), by steps or by time, whichever is further."""
+        r = self.round
+        return max((self.step - r["start_step"]) / self.config.max_steps,
+                   (self.elapsed - r["start_elapsed"]) / (60 * r["minutes"]))
 
     def loop(self, desc: str):
         """Yields step numbers until the step count or time budget is used up; keeps `elapsed` current."""
-        bar = tqdm(total=self.config.max_steps, initial=self.step, desc=desc, mininterval=10, dynamic_ncols=True)
+        bar = tqdm(total=self.round["start_step"] + self.config.max_steps, initial=self.step, desc=desc, mininterval=10, dynamic_ncols=True)
         while self.progress() < 1.0:
             start = time.perf_counter()
             yield self.step
@@ -291,8 +339,13 @@ class Stage:
         bar.close()
 
 
+def open_stage(cfg: "TrainConfig", run_dir: Path, name: str) -> Stage:
+    return Stage(run_dir, name, getattr(cfg, name), cfg.more.get(name), cfg.more_lr_scale)
+
+
 def set_lr(optimizer, stage: Stage) -> float:
-    lr = learning_rate(stage.config, stage.step, stage.progress())
+    config = replace(stage.config, lr=stage.round["lr"])
+    lr = learning_rate(config, stage.step - stage.round["start_step"], stage.progress())
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
@@ -352,12 +405,7 @@ def clip_zero_shot(clip, encode, scenes: list[S.Scene], images: np.ndarray, devi
         for i, scene in enumerate(scenes):
             if name == "expression" and scene.kind != "face":
                 continue
-            if name == "kind":
-                captions = [S.caption(replace(scene, kind=k, expression="neutral" if k == "face" else None)) for k in values]
-            elif name == "rendering":
-                captions = [S.caption(replace(scene, rendering=v), ["rendering"]) for v in values]
-            else:
-                captions = [S.caption(replace(scene, **{name: v}), [name]) for v in values]
+            captions = S.factor_captions(scene, name)
             scores = text_features(captions) @ img[i]
             correct += int(values[int(scores.argmax())] == getattr(scene, name))
             total += 1
@@ -369,7 +417,7 @@ def clip_zero_shot(clip, encode, scenes: list[S.Scene], images: np.ndarray, devi
 def train_clip(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer, name: str = "clip") -> None:
     """Stage "clip" trains both towers from scratch; stage "clip_vision" continues from its result with the text
     tower (and text projection) frozen."""
-    stage = Stage(run_dir, name, getattr(cfg, name))
+    stage = open_stage(cfg, run_dir, name)
     if stage.done:
         return
     seed = cfg.seed + (1 if name == "clip" else 4)
@@ -398,9 +446,34 @@ def train_clip(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer, name
         clip.load_state_dict(text_side, strict=False)
     encode = CaptionEncoder(tokenizer)
     log(f"{name}: {count_parameters(clip) / 1e6:.2f}M parameters, {sum(p.numel() for p in trainable) / 1e6:.2f}M trained")
+    # Hard negatives need a frozen text tower (their embeddings are computed once per caption and cached).
+    hard_negatives = name == "clip_vision" and cfg.hard_negative_weight > 0
+    text_cache: dict[str, torch.Tensor] = {}
+
+    def frozen_text_embeddings(captions: list[str]) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in text_cache]
+        if missing:
+            with torch.no_grad():
+                text_cache.update(zip(missing, clip_text_embeddings(clip, encode(missing).to(cfg.device))))
+        return torch.stack([text_cache[c] for c in captions])
+
+    def hard_negative_loss(idx, pixel) -> torch.Tensor:
+        """Cross-entropy of each image over captions that differ from its own in one factor only."""
+        image = clip_image_embeddings(clip, pixel)  # (B, E)
+        scale = clip.logit_scale.exp()
+        losses = []
+        for name_f, values in S.FACTORS.items():
+            rows = [j for j, i in enumerate(idx) if name_f != "expression" or data.scenes[i].kind == "face"]
+            if not rows:
+                continue
+            text = frozen_text_embeddings([c for j in rows for c in S.factor_captions(data.scenes[idx[j]], name_f)])
+            logits = scale * torch.einsum("bve,be->bv", text.view(len(rows), len(values), -1), image[rows])
+            truth = torch.as_tensor([values.index(getattr(data.scenes[idx[j]], name_f)) for j in rows], device=cfg.device)
+            losses.append(F.cross_entropy(logits, truth))
+        return torch.stack(losses).mean()
 
     def step_fn(step):
-        idx = rng.integers(len(data.scenes), size=stage.config.batch_size)
+        idx = sample_indices(rng, data, stage.config.batch_size, cfg.face_fraction if name == "clip_vision" else 0.0)
         captions = [clip_caption(data.scenes[i], rng) for i in idx]
         pins = torch.tensor([caption_pins(c) for c in captions])  # (B, 6)
         labels = torch.as_tensor(data.labels[idx])  # (B, 6)
@@ -409,6 +482,11 @@ def train_clip(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer, name
         pixel = images_to_tensor(data.images[idx]).to(cfg.device)  # (B, 3, 64, 64)
         out = clip(input_ids=encode(captions).to(cfg.device), pixel_values=pixel)
         loss = multi_positive_clip_loss(out.logits_per_image, positive.to(cfg.device))
+        metrics = {}
+        if hard_negatives:
+            hard = hard_negative_loss(idx, pixel)
+            loss = loss + cfg.hard_negative_weight * hard
+            metrics["hard"] = hard.item()
         lr = set_lr(optimizer, stage)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -416,7 +494,7 @@ def train_clip(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer, name
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
-        return dict(loss=loss.item(), logit_scale=clip.logit_scale.exp().item(), lr=lr)
+        return dict(loss=loss.item(), logit_scale=clip.logit_scale.exp().item(), lr=lr, **metrics)
 
     def save_fn():
         stage.save(model=clip.state_dict(), optimizer=optimizer.state_dict(), rng=rng.bit_generator.state,
@@ -435,7 +513,7 @@ def train_clip_text(cfg: TrainConfig, run_dir: Path, tokenizer) -> None:
     so thousands of captions a second; the heads are thrown away, the tower is the pipeline's text_encoder."""
     from transformers import CLIPModel
 
-    stage = Stage(run_dir, "clip_text", cfg.clip_text)
+    stage = open_stage(cfg, run_dir, "clip_text")
     if stage.done:
         return
     torch.manual_seed(cfg.seed + 5)
@@ -484,7 +562,7 @@ def train_clip_text(cfg: TrainConfig, run_dir: Path, tokenizer) -> None:
 
 
 def train_vae(cfg: TrainConfig, run_dir: Path, data: SceneData) -> None:
-    stage = Stage(run_dir, "vae", cfg.vae)
+    stage = open_stage(cfg, run_dir, "vae")
     if stage.done:
         return
     torch.manual_seed(cfg.seed + 2)
@@ -551,8 +629,12 @@ def encode_latents(run_dir: Path, data: SceneData, device: str) -> torch.Tensor:
     from diffusers import AutoencoderKL
 
     path = run_dir / "unet" / "latents.pt"
+    vae_steps = json.loads((run_dir / "vae" / "done.json").read_text())["steps"]
     if path.exists():
-        return torch.load(path)
+        cached = torch.load(path)
+        # Computed by this VAE? (A VAE trained further, --more vae=..., gives other latents.)
+        if isinstance(cached, dict) and cached["vae_steps"] == vae_steps:
+            return cached["latents"]
     vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model").to(device).eval()
     chunks = []
     with torch.no_grad():
@@ -560,12 +642,12 @@ def encode_latents(run_dir: Path, data: SceneData, device: str) -> torch.Tensor:
             x = images_to_tensor(data.images[i : i + 250]).to(device)
             chunks.append(vae.encode(x).latent_dist.mean.cpu() * vae.config.scaling_factor)
     latents = torch.cat(chunks)
-    atomic_torch_save(latents, path)
+    atomic_torch_save({"vae_steps": vae_steps, "latents": latents}, path)
     return latents
 
 
 def train_unet(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer) -> None:
-    stage = Stage(run_dir, "unet", cfg.unet)
+    stage = open_stage(cfg, run_dir, "unet")
     if stage.done:
         return
     torch.manual_seed(cfg.seed + 3)
@@ -585,7 +667,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer) -> N
 
     def step_fn(step):
         b = cfg.unet.batch_size
-        idx = rng.integers(len(latents), size=b)
+        idx = sample_indices(rng, data, b, cfg.face_fraction)
         drop = rng.random(b) < cfg.caption_dropout
         captions = ["" if d else S.random_caption(data.scenes[i], rng) for i, d in zip(idx, drop)]
         with torch.no_grad():
@@ -597,7 +679,11 @@ def train_unet(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer) -> N
         eps = unet(zt, t, context).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
-        per_sample = F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))
+        # Share of each latent pixel the object covers (a 4x4 patch of the image mask), as an error weight.
+        mask = torch.as_tensor(np.asarray(data.masks[idx]), dtype=torch.float32)  # (B, 64, 64)
+        cover = F.avg_pool2d(mask[:, None].to(cfg.device), mask.shape[-1] // z0.shape[-1])  # (B, 1, 16, 16)
+        pixel_weight = 1 + cfg.object_weight * cover
+        per_sample = (pixel_weight * (eps - noise) ** 2).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
         lr = set_lr(optimizer, stage)
         optimizer.zero_grad(set_to_none=True)
@@ -693,7 +779,8 @@ def write_report(run_dir: Path, cfg: TrainConfig | None = None, sample_steps: in
             entry["summary"] = json.loads((run_dir / name / "done.json").read_text())
         if (run_dir / name / "checkpoint.pt").exists():
             state = torch.load(run_dir / name / "checkpoint.pt", map_location="cpu", weights_only=False)
-            entry.update(steps=state["step"], minutes=state["elapsed"] / 60, history=state["history"])
+            entry.update(steps=state["step"], minutes=state["elapsed"] / 60, history=state["history"],
+                         rounds=state.get("round", {}).get("index", 0) + 1)
             hist = state["history"]
             if hist:
                 ax.plot([h["step"] for h in hist], [h["loss"] for h in hist])
@@ -755,7 +842,9 @@ def _stage_text(report, name) -> str:
         return "not trained"
     last = entry["history"][-1]
     status = "finished" if "summary" in entry else "in progress when exported"
-    return f"{entry['steps']} steps, {entry['minutes']:.0f} min, final loss {last['loss']:.4g} ({status})"
+    rounds = entry.get("rounds", 1)
+    rounds = f" in {rounds} rounds (--more)" if rounds > 1 else ""
+    return f"{entry['steps']} steps{rounds}, {entry['minutes']:.0f} min, final loss {last['loss']:.4g} ({status})"
 
 
 def _load_as_float32(config_path: Path) -> None:
@@ -851,7 +940,8 @@ def export(run_dir: str | Path, weights_dir: str | Path, notes: str = "", sample
             vae_params=f"{count_parameters(pipe.vae) / 1e6:.2f}M",
             unet_params=f"{count_parameters(pipe.unet) / 1e6:.2f}M",
             clip_train=_stage_text(report, "clip") + "; then the text tower alone (factor heads): "
-            + _stage_text(report, "clip_text") + "; then the vision tower alone (text frozen): "
+            + _stage_text(report, "clip_text") + "; then the vision tower alone (text frozen; each image also scored "
+            "against captions that differ from its own in one factor, NegCLIP-style hard negatives): "
             + _stage_text(report, "clip_vision"),
             vae_train=_stage_text(report, "vae"),
             unet_train=_stage_text(report, "unet"),
@@ -899,15 +989,27 @@ def _stage_process(name: str, cfg: TrainConfig) -> None:
     run_stage(name, cfg, run_dir, prepare_data(run_dir, cfg.n_scenes, cfg.seed), tokenizer)
 
 
-def train(cfg: TrainConfig, weights_dir: Path | None = None) -> Path:
-    """Run every unfinished stage, write the report and export. Returns the export folder."""
+def train(cfg: TrainConfig, weights_dir: Path | None = None, only: list[str] | None = None) -> Path | None:
+    """Run every unfinished stage, write the report and export. Returns the export folder.
+
+    only: run just these stages, one after the other in training order, and do not export (so that two commands
+    can train different stages of one run side by side; export afterwards with --export-only)."""
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(config_dict_nested(cfg), indent=1), run_dir / "config.json")
+    unknown = sorted(set(only or ()) - set(STAGES)) + sorted(set(cfg.more) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
+    atomic_write_text(json.dumps(config_dict_nested(cfg), indent=1),
+                      run_dir / ("config.json" if only is None else f"config.{'+'.join(only)}.json"))
     tokenizer = build_tokenizer(run_dir / "tokenizer")
     assert tokenizer.model_max_length == MODEL_MAX_LENGTH
     data = prepare_data(run_dir, cfg.n_scenes, cfg.seed)
+    if only is not None:
+        for name in (n for n in STAGES if n in only):
+            run_stage(name, cfg, run_dir, data, tokenizer)
+        log(f"trained {', '.join(only)}; export with --export-only when every stage is where you want it")
+        return None
     # Phase 1: clip || vae. Phase 2: unet || clip_vision. The second stage of a phase runs in a child process.
     for main_stage, side_stage in (("clip", "vae"), ("clip_text", None), ("unet", "clip_vision")):
         child = None
@@ -945,12 +1047,18 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes-per-stage", nargs="+", default=[], metavar="STAGE=MIN",
                         help="time budgets, e.g. clip=18 vae=18 unet=52")
     parser.add_argument("--steps-per-stage", nargs="+", default=[], metavar="STAGE=N", help="step limits")
+    parser.add_argument("--more", nargs="+", default=[], metavar="STAGE=MIN",
+                        help="train finished stages for MIN more minutes (a new learning-rate round), e.g. unet=60")
+    parser.add_argument("--only", nargs="+", default=None, metavar="STAGE", choices=STAGES,
+                        help="run only these stages and skip the export (to train stages side by side)")
     parser.add_argument("--export-only", action="store_true", help="export the run's latest weights and stop")
     parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the exported sample grid (0: none)")
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the exported model card")
     args = parser.parse_args(argv)
 
     if args.export_only:
-        export(args.out, args.weights or Path(args.out) / "export", sample_steps=args.sample_steps)
+        notes = args.notes.read_text() if args.notes else ""
+        export(args.out, args.weights or Path(args.out) / "export", notes=notes, sample_steps=args.sample_steps)
         return
     make = TrainConfig.smoke if args.smoke else TrainConfig
     cfg = make(out=args.out, device=args.device, threads=args.threads)
@@ -961,7 +1069,10 @@ def main(argv=None) -> None:
     for item in args.steps_per_stage:
         name, value = item.split("=")
         setattr(cfg, name, replace(getattr(cfg, name), max_steps=int(value)))
-    train(cfg, Path(args.weights) if args.weights else None)
+    for item in args.more:
+        name, value = item.split("=")
+        cfg.more[name] = float(value)
+    train(cfg, Path(args.weights) if args.weights else None, only=args.only)
 
 
 if __name__ == "__main__":
