@@ -106,8 +106,8 @@ plotting.save_figure(fig, out / "fixed_noise.png")
 fig
 """),
     md("""
-**2. One edit.** Now `c0` for the first steps and `c1` after: the paper's 20 of 50 on Stable Diffusion; 4 of 50 on
-toyworld, whose content settles much earlier (the README's toyworld report measures where).
+**2. One edit.** Now `c0` for the first steps and `c1` after: the paper's 20 of 50 on Stable Diffusion; 13 of 50 on
+toyworld, where the colour edit's window lies (the README's toyworld report measures it for each attribute).
 We expect the content (where the object is, its shape) of the `c0` image and the style of `c1`.
 """),
     code("""
@@ -257,10 +257,9 @@ if evaluator is not None:
     md("""
 **What we see, and why.** Distance to `c0` falls and distance to `c1` rises as k grows: the later the switch, the
 more of the `c0` picture survives. On Stable Diffusion the paper finds the useful window at switches of 10-20 of
-50 steps. On the bundled toyworld model both curves move much earlier: the content-kept curve is near 1 within the
-first ~5 of 50 steps (the object's place and shape are fixed almost at once) and the style-reached curve drops just
-as early, so the window where both hold is narrow and sits in the first few steps (the README's toyworld report
-measures it per attribute). An interactive version: move the slider below (all images are sampled once, up front).
+50 steps. On the bundled toyworld model the colour edit's window is narrow: the object's mask is kept (IoU >= 0.8)
+from a switch at about step 13 of 50 and the red still comes through up to step 14 (the README's toyworld report
+measures the window of every attribute: 8-11 for smiling, 10-12 for a sketch, 24-34 for stripes). An interactive version: move the slider below (all images are sampled once, up front).
 """),
     code("""
 explorer = widgets.SwitchExplorer(result=result)
@@ -313,9 +312,9 @@ fig
     md("""
 **What we see, and why.** The two predictions start nearly equal: at high noise the model can only guess a rough
 layout, and that guess comes mostly from the shared noise. They part once the layout is settled and the text starts
-to decide details: in the middle steps on Stable Diffusion (the paper), within the first few steps on the bundled
-toyworld model, whose content settles much earlier. A switch around the parting step keeps the content of `c0` and
-still gets the style of `c1`.
+to decide details: in the middle steps on Stable Diffusion (the paper), around steps 8-15 of 50 for most
+attributes on the bundled toyworld model. A switch around the parting step keeps the content of `c0` and still
+gets the style of `c1`.
 """),
 ]
 
@@ -603,8 +602,8 @@ probability stays high for a while and then falls; the content IoU rises. Where 
 step, the attribute is decided late in denoising (local detail); where it dies early it needs the early, layout-
 deciding steps (global changes such as the rendering or the background). The window where both are high is the
 attribute's disentanglement window. (The paper finds global styles need earlier switches than local ones on Stable
-Diffusion; the bundled toyworld model does not show that split clearly yet, and its windows all sit in the first
-few steps: see the README's toyworld report.) Without the evaluator (other models) the maps show the pixel distance to the
+Diffusion; the bundled toyworld model shows it too: the background and the sketch need switches by steps 7-12 of
+50, while colour, smiling and stripes allow 11-34: see the README's toyworld report.) Without the evaluator (other models) the maps show the pixel distance to the
 `c0` image instead, a cruder proxy that cannot tell content from style.
 """),
 ]
@@ -657,8 +656,8 @@ table
 **What we see, and why.** Each edit sits between its two pure images: nearer the `c0` image in layout, nearer `c1`
 in the attribute. Pairs that change the whole picture (a rendering style, a background) needed fewer `c0` steps in
 the paper because the style must enter while the global structure is still being decided; local attributes can come
-later. On the bundled toy model every pair's window sits in the first few steps, so the paper's c0-step counts
-(10-20 of 50) keep the content but often lose the style: a measured difference between toyworld and Stable Diffusion.
+later. On the bundled toy model the measured windows sit at steps 8-14 of 50 for most pairs (stripes later, and
+the night background has none), close to the paper's c0-step counts (10-20 of 50).
 """),
 ]
 
