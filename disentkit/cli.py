@@ -102,9 +102,10 @@ def cmd_disentangle(args) -> int:
     save_image(result.images[0], out / "edited.png")
     result.schedule.save(out / "schedule.json")
     save_csv(result.history, out / "metrics.csv")
-    last = result.history.iloc[-1]
+    kept = result.history.loc[result.history["iteration"] == result.best_iteration].iloc[-1]
     print(f"learned {args.steps} lambdas in {args.iters} iterations (loss {result.history['loss'].iloc[0]:.4f} -> "
-          f"{last['loss']:.4f}); wrote {out}/{{original,edited}}.png, schedule.json, metrics.csv")  # fmt: skip
+          f"{kept['loss']:.4f}, kept iteration {result.best_iteration}); wrote {out}/{{original,edited}}.png, "
+          "schedule.json, metrics.csv")  # fmt: skip
     return 0
 
 

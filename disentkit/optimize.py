@@ -87,7 +87,9 @@ class OptimizeResult:
         images, pixels: the final edited images (PIL list and (R, 3, H, W) in [0, 1]) with the learned schedule.
         reference_images, reference_pixels: the pure-c0 images with the same noise (lambda = 0 everywhere).
         history: one row per iteration: ``iteration``, ``loss``, one column per loss term, ``grad_norm`` and
-            ``lambda_0`` ... ``lambda_{N-1}``. The last row (``iteration == iters``) is the learned schedule itself.
+            ``lambda_0`` ... ``lambda_{N-1}``. The last row (``iteration == iters``) is the final Adam iterate.
+        best_iteration: the history row whose weights ``schedule`` holds: the lowest loss seen with
+            ``keep="best"`` (0 means the start was never beaten), ``iters`` with ``keep="last"``.
     """
 
     schedule: MixSchedule
@@ -97,6 +99,7 @@ class OptimizeResult:
     reference_pixels: torch.Tensor
     history: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    best_iteration: int | None = None
 
     @property
     def image(self) -> Image.Image:
@@ -200,7 +203,9 @@ def _autocast(pipe, amp: bool | torch.dtype):
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
-def _save_checkpoint(folder: Path, config: dict, iteration: int, lam, adam, scaler, history: list[dict]) -> None:
+def _save_checkpoint(
+    folder: Path, config: dict, iteration: int, lam, adam, scaler, history: list[dict], best: dict | None
+) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": config,
@@ -209,6 +214,7 @@ def _save_checkpoint(folder: Path, config: dict, iteration: int, lam, adam, scal
         "adam": adam.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "history": history,
+        "best": best,  # {"iteration", "loss", "lam"}: the lowest-loss weights seen so far
     }
     with atomic_path(folder / CHECKPOINT_FILE) as tmp:  # a crash mid-write keeps the previous checkpoint
         torch.save(state, tmp)
@@ -248,6 +254,7 @@ def optimize(
     amp: bool | torch.dtype = True,
     checkpoint_dir: str | os.PathLike | None = None,
     callback: Callable[[OptimizeStep], None] | None = None,
+    keep: str = "best",
     progress: bool = True,
 ) -> OptimizeResult:
     """Learn the per-step weights of the styled prompt with Adam, starting from ``init_schedule``.
@@ -270,8 +277,13 @@ def optimize(
         checkpoint_dir: save the state after every iteration (atomically) and resume from it when called again
             with the same folder and settings.
         callback: called with an :class:`OptimizeStep` after every iteration.
+        keep: ``"best"`` returns the weights with the lowest loss among the start, every iterate and the final
+            one (Adam with the paper's step size overshoots now and then; the loss of every iterate is computed
+            anyway), ``"last"`` the final iterate, as the paper's reference code does.
         progress: show a progress bar.
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', not {keep!r}.")
     init_schedule.check_steps(tape.steps)
     tape.check(pipe)
     device = pipeline_device(pipe)
@@ -301,6 +313,7 @@ def optimize(
     }
     history: list[dict] = []
     start = 0
+    best: dict | None = None  # the lowest-loss weights seen: {"iteration", "loss", "lam"}
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     config = {k: v for k, v in meta.items() if k != "iters"}  # a longer run may resume a shorter one
     if folder is not None and (state := _load_checkpoint(folder, config)) is not None:
@@ -315,6 +328,7 @@ def optimize(
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         history, start = list(state["history"]), state["iteration"]
+        best = state.get("best")
 
     bar = tqdm(range(start, iters), desc="optimizing lambdas", disable=not progress, initial=start, total=iters)
     for it in bar:
@@ -325,26 +339,38 @@ def optimize(
         row = _history_row(it, total, values, lam, grad)
         history.append(row)
         lam_used = lam.detach().cpu().clone()  # the weights that made these images, before the update
+        if best is None or row["loss"] < best["loss"]:
+            best = {"iteration": it, "loss": row["loss"], "lam": lam_used}
         if scaler is not None:
             scaler.step(adam)
             scaler.update()
         else:
             adam.step()
         if folder is not None:
-            _save_checkpoint(folder, config, it + 1, lam, adam, scaler, history)
+            _save_checkpoint(folder, config, it + 1, lam, adam, scaler, history, best)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         if callback is not None:
             losses_now = {k: row[k] for k in ["loss", *terms]}
             edited, reference = pixels.detach().cpu(), objective.reference.cpu()
             callback(OptimizeStep(it, lam_used, losses_now, edited, reference, pd.DataFrame(history)))
 
-    # Evaluate the learned weights once more: the images to return, and the last history row.
+    # Evaluate the final weights once more: the last history row, and the images to return if they are kept.
     with torch.no_grad():
         total, values, pixels = objective(lam)
     history.append(_history_row(iters, total, values, lam, None))
-    schedule = MixSchedule(lam.detach().cpu(), "learned", meta)
+    final = lam.detach().cpu().clone()
+    if keep == "last" or best is None or history[-1]["loss"] <= best["loss"]:
+        kept, best_iteration = final, iters
+    else:  # an earlier iterate was better: render it again (no gradients) for the images
+        kept, best_iteration = best["lam"], int(best["iteration"])
+        with torch.no_grad():
+            pixels = objective(kept.to(device))[2]
+    meta["kept"] = {"rule": keep, "iteration": best_iteration}
+    schedule = MixSchedule(kept, "learned", meta)
     pixels, reference = pixels.detach().float().cpu(), objective.reference.float().cpu()
-    return OptimizeResult(schedule, to_pil(pixels), pixels, to_pil(reference), reference, pd.DataFrame(history), meta)
+    return OptimizeResult(
+        schedule, to_pil(pixels), pixels, to_pil(reference), reference, pd.DataFrame(history), meta, best_iteration
+    )
 
 
 def _history_row(it: int, total, values: dict, lam: torch.Tensor, grad) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,9 +15,11 @@ from disentkit.errors import ModelNotFoundError
 from disentkit.losses import (
     CLIP_MEAN,
     CLIPPerceptualLoss,
+    CLIPPromptLoss,
     DirectionalCLIPLoss,
     load_clip,
     paper_losses,
+    prompt_losses,
     psnr,
     save_tiny_clip,
     tiny_clip,
@@ -47,6 +50,32 @@ def test_directional_loss_has_the_right_sign():
     assert loss(along, reference).item() == pytest.approx(0.0, abs=1e-6)
     assert loss(against, reference).item() == pytest.approx(2.0, abs=1e-6)
     assert loss(sideways, reference).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prompt_loss_is_the_cross_entropy_of_clips_zero_shot_choice():
+    stub = StubClip()
+    stub.model = SimpleNamespace(logit_scale=torch.tensor(math.log(10.0)))  # logits = 10 x cosine
+    loss = CLIPPromptLoss(stub, "smiling", ["neutral", "frowning", "smiling"])  # c1 itself is dropped from the rest
+    assert loss.prompts == ["smiling", "neutral", "frowning"]
+    is_target = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)  # embeds as text 0: the target
+    is_other = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    values = loss(torch.cat([is_target, is_other]), None)
+    expected_hit = -math.log(math.exp(10) / (math.exp(10) + 2))
+    expected_miss = -math.log(1 / (math.exp(10) + 2))
+    assert values.tolist() == pytest.approx([expected_hit, expected_miss], rel=1e-5, abs=1e-6)  # float32
+    with pytest.raises(ValueError, match="alternative"):
+        CLIPPromptLoss(stub, "smiling", ["smiling"])
+
+
+def test_prompt_losses_default_to_c0_as_the_alternative(clip):
+    terms = prompt_losses(clip, "a photo of a face", "a photo of a face, smiling", beta=1.5)
+    assert set(terms) == {"prompt", "perc"} and terms["perc"][0] == 1.5
+    assert terms["prompt"][1].prompts == ["a photo of a face, smiling", "a photo of a face"]
+    edited = torch.rand(2, 3, 32, 32, requires_grad=True)
+    values = terms["prompt"][1](edited, torch.rand(2, 3, 32, 32))
+    assert values.shape == (2,) and (values >= 0).all()
+    values.sum().backward()
+    assert edited.grad is not None and edited.grad.abs().sum() > 0
 
 
 def test_directional_loss_is_per_image_and_differentiable(clip):

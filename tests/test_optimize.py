@@ -104,7 +104,10 @@ def test_history_callback_and_metadata(run):
     assert {"loss", "dir", "perc", "grad_norm"} <= set(h.columns)
     assert [f"lambda_{i}" for i in range(STEPS)] == [c for c in h.columns if c.startswith("lambda_")]
     assert list(h.iloc[0][[f"lambda_{i}" for i in range(STEPS)]]) == [0.0, 1.0, 1.0]  # the init
-    assert torch.allclose(torch.tensor(h.iloc[-1][[f"lambda_{i}" for i in range(STEPS)]].tolist()), result.schedule.weights)
+    kept = h.loc[h["iteration"] == result.best_iteration].iloc[-1]  # keep="best": the lowest loss seen
+    assert kept["loss"] == h["loss"].min()
+    assert torch.allclose(torch.tensor(kept[[f"lambda_{i}" for i in range(STEPS)]].tolist()), result.schedule.weights)
+    assert result.schedule.meta["kept"] == {"rule": "best", "iteration": result.best_iteration}
 
     assert [s.iteration for s in seen] == [0, 1, 2, 3]
     assert isinstance(seen[0], OptimizeStep) and seen[0].edited.shape == (1, 3, 32, 32)
@@ -121,6 +124,31 @@ def test_reference_is_the_pure_c0_image(pipe, setup, run):
     cond, tape = setup
     pure = dk.sample(pipe, cond, dk.MixSchedule.constant(STEPS, 0.0), tape, progress=False)
     torch.testing.assert_close(run[0].reference_pixels, pure.pixels, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_returns_the_lowest_loss_iterate_or_the_last(pipe, clip, setup, keep):
+    cond, tape = setup
+    # A step size far too large for these weights: Adam overshoots, so the best iterate is not the last one.
+    result = optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=4, lr=3.0, clip=clip, keep=keep,
+                      progress=False)  # fmt: skip
+    h = result.history
+    lams = [f"lambda_{i}" for i in range(STEPS)]
+    expected = int(h["iteration"][h["loss"].idxmin()]) if keep == "best" else 4
+    assert result.best_iteration == expected
+    row = h.loc[h["iteration"] == expected].iloc[-1]
+    torch.testing.assert_close(result.schedule.weights, torch.tensor(row[lams].tolist(), dtype=torch.float32))
+    # the images returned are the kept schedule's images
+    again = dk.sample(pipe, cond, result.schedule, tape, progress=False)
+    torch.testing.assert_close(result.pixels, again.pixels, atol=1e-5, rtol=0)
+    if keep == "best":
+        assert expected < 4, "the test needs an overshooting run: the last iterate should not be the best here"
+
+
+def test_keep_must_be_best_or_last(pipe, clip, setup):
+    cond, tape = setup
+    with pytest.raises(ValueError, match="keep"):
+        optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=1, clip=clip, keep="first", progress=False)
 
 
 class Interrupt(Exception):

@@ -4,6 +4,7 @@ random pipeline (the numbers are meaningless there; the shapes, keys and ranges 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -42,13 +43,20 @@ def test_verdicts(opt_report):
     tie = {"switch": switch, "learned": switch, "gain": 0.0}
     v = opt_report.verdicts(tie, unseen_gain=-0.01)
     assert v["beats_switch"] and v["transfers"] is None and v["transfer_share"] is None
+    # So is a gain too small to measure a share of.
+    tiny = {"switch": switch, "learned": _side(0.5, 0.801, 0.4004), "gain": 0.0004}
+    assert opt_report.verdicts(tiny, unseen_gain=0.05)["transfer_share"] is None
 
 
-def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path):
+@pytest.mark.parametrize("objective", ["prompt", "paper"])
+def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective):
     clip = load_clip(save_tiny_clip(tmp_path / "clip"))
     cfg = dict(steps=3, iters=1, switches=[1, 2], train=[42, 43], unseen=[1000, 1001], scenes=1)
     c0, c1, target = opt_report.PAIRS[1]
-    row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, beta=0.05)
+    row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, beta=0.05, objective=objective)
+    assert set(row["style_alignment"]) == {"dir", "prompt"}
+    assert all(math.isnan(v) or -1 <= v <= 1 for v in row["style_alignment"].values())  # NaN: a constant judge
+    assert row["kept_iteration"] in (0, 1) and row["loss_kept"] <= row["loss_first"]
     assert row["best_switch"] in (1, 2) and set(row["switch_scores"]) == {1, 2}
     for side in ("switch", "learned"):
         for split in ("train", "unseen"):
@@ -56,7 +64,8 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path):
             assert 0 <= values["reached"] <= 1 and 0 <= values["iou"] <= 1 and 0 <= values["score"] <= 1
     assert len(row["lambdas"]) == 3
     assert set(row["verdict"]) == {"reaches_as_often", "keeps_iou", "beats_switch", "transfer_share", "transfers"}
-    md = opt_report.markdown({"settings": cfg, "beta": 0.05, "pairs": [row], "device": "cpu", "seconds": 1.0,
+    md = opt_report.markdown({"settings": cfg, "beta": 0.05, "objective": objective, "pairs": [row], "device": "cpu", "seconds": 1.0,
                               "inversion": {"steps": 3, "rows": [], "summary": {}},
                               "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x\nskipped"}]})
-    assert "best switch" in md and "of 1 pairs" in md
+    assert "best switch" in md and "of 1 pairs" in md and "rank correlation" in md
+    assert ("L_prompt + 0.05 L_perc" if objective == "prompt" else "L_dir + 0.05 L_perc") in md
