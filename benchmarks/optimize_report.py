@@ -39,8 +39,10 @@ import disentkit as dk  # noqa: E402
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
 from disentkit.inversion import encode_image, invert  # noqa: E402
 from disentkit.losses import (  # noqa: E402
+    CLIPPerceptualLoss,
     CLIPPromptLoss,
     DirectionalCLIPLoss,
+    Hinge,
     load_clip,
     paper_losses,
     prompt_losses,
@@ -129,7 +131,7 @@ def style_alignment(clip, c0: str, c1: str, pixels: torch.Tensor, reference: tor
     return {name: float(pd.Series(v.numpy()).rank().corr(p)) for name, v in losses.items()}
 
 
-def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="prompt", enough=None) -> dict:
+def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="prompt", enough=None, keep_content=None) -> dict:
     steps = cfg["steps"]
     cond = dk.encode(pipe, c0, c1)
     train = dk.NoiseTape.from_seed(pipe, cfg["train"], steps=steps)
@@ -153,6 +155,10 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="pro
             start_loss = CLIPPromptLoss(clip, c1, ALTERNATIVES.get(c1, [c0]))(pixels[1 + best]).mean()
         enough = float(torch.exp(-start_loss))  # CLIP's P(c1) on the start images (geometric mean)
     terms = objective_terms(clip, c0, c1, objective, beta, enough)
+    if keep_content:  # no training image may lose content (L_perc) compared with the best switch it starts from
+        with torch.no_grad():
+            floor = CLIPPerceptualLoss(clip)(pixels[1 + best], reference)
+        terms["perc"] = (keep_content, Hinge(terms["perc"][1], floor))
     result = optimize(pipe, cond, reference_init(steps, best_k), train, losses=terms, iters=cfg["iters"],
                       progress=False)  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -201,15 +207,16 @@ def _worker_init(weights: str, device: str) -> None:
 
 
 def _pair_job(job: tuple) -> dict:
-    (c0, c1, target), cfg, beta, objective, enough = job
-    return pair_report(_WORKER["pipe"], _WORKER["clip"], _WORKER["evaluator"], c0, c1, target, cfg, beta, objective, enough)
+    (c0, c1, target), cfg, beta, objective, enough, keep_content = job
+    w = _WORKER
+    return pair_report(w["pipe"], w["clip"], w["evaluator"], c0, c1, target, cfg, beta, objective, enough, keep_content)
 
 
-def run_pairs(weights: Path, device: str, cfg: dict, beta: float, objective: str, enough, jobs: int) -> list[dict]:
+def run_pairs(weights: Path, device: str, cfg: dict, beta, objective: str, enough, keep_content, jobs: int) -> list[dict]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [(pair, cfg, beta, objective, enough) for pair in PAIRS]
+    work = [(pair, cfg, beta, objective, enough, keep_content) for pair in PAIRS]
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch thread pool inherited from a fork
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(str(weights), device)) as pool:
         pairs = []
@@ -320,7 +327,10 @@ def objective_text(report: dict) -> str:
         enough = ", stops pushing once CLIP's P(c1) is what it was on the best switch's images"
     else:
         enough = f", stops pushing at P(c1) >= {enough:g}" if enough else ""
-    return (f"L_prompt + {beta:g} L_perc (toy CLIP; L_prompt = -log P(c1) among the attribute's other values"
+    content = f"{beta:g} L_perc"
+    if report.get("keep_content"):
+        content = f"{report['keep_content']:g} max(0, L_perc - L_perc of the best switch, per image)"
+    return (f"L_prompt + {content} (toy CLIP; L_prompt = -log P(c1) among the attribute's other values"
             f"{enough})")  # fmt: skip
 
 
@@ -412,6 +422,9 @@ def main(argv=None) -> int:
     ap.add_argument("--enough", default="none",
                     help="prompt loss: stop pushing once CLIP's P(c1) >= this; 'start': CLIP's P(c1) on the best "
                          "switch's images (keep that much style, buy content); 'none' (default): always push")
+    ap.add_argument("--keep-content", type=float, default=None, metavar="WEIGHT",
+                    help="replace beta L_perc by WEIGHT x max(0, L_perc - L_perc of the best switch), per training "
+                         "image: buy style without losing content (e.g. 10)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="pairs learned side by side, one process and one torch thread each (1: in this process)")
@@ -452,18 +465,19 @@ def main(argv=None) -> int:
     pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)
     clip = load_clip(args.weights / "clip", args.device)
     if args.jobs > 1:
-        pairs = run_pairs(args.weights, args.device, cfg, beta, args.objective, enough, args.jobs)
+        pairs = run_pairs(args.weights, args.device, cfg, beta, args.objective, enough, args.keep_content, args.jobs)
     else:
         pairs = []
         for c0, c1, target in PAIRS:
             print(f"{c0!r} -> {c1!r} ...", flush=True)
-            pairs.append(pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, args.objective, enough))
+            pairs.append(pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, args.objective, enough,
+                                     args.keep_content))  # fmt: skip
     print("inversion ...", flush=True)
     inversion = inversion_report(pipe, cfg)
     print("memory (two subprocesses) ...", flush=True)
     memory = memory_report(args.weights, 50 if not args.quick else cfg["steps"], args.device, args.threads)
 
-    report = {"settings": cfg, "quick": args.quick, "objective": args.objective, "beta": beta, "enough": enough,
+    report = {"settings": cfg, "quick": args.quick, "objective": args.objective, "beta": beta, "enough": enough, "keep_content": args.keep_content,
               "device": args.device, "weights": str(args.weights),
               "pairs": pairs, "inversion": inversion, "memory": memory, "seconds": time.perf_counter() - t0}  # fmt: skip
     name = "optimize_report_quick" if args.quick else "optimize_report"

@@ -250,6 +250,22 @@ class CLIPPromptLoss:
         return (-F.log_softmax(logits, dim=-1)[:, 0] - self.floor).clamp_min(0)
 
 
+class Hinge:
+    """``max(0, loss - floor)``: silent while ``loss <= floor``, a penalty beyond it (a soft constraint).
+
+    ``floor`` is a number or one value per image (R,), e.g. the content loss of the schedule an optimisation starts
+    from: weighted strongly, "no image may lose content compared with the start".
+    """
+
+    def __init__(self, loss: Loss, floor: float | torch.Tensor):
+        self.loss, self.floor = loss, floor
+
+    def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        values = self.loss(edited, reference)
+        floor = torch.as_tensor(self.floor, dtype=values.dtype, device=values.device)
+        return (values - floor).clamp_min(0)
+
+
 def paper_losses(clip: Clip, c0_text: str, c1_text: str, beta: float = 0.05) -> dict[str, tuple[float, Loss]]:
     """The paper's objective as named, weighted terms: ``{"dir": (1, L_dir), "perc": (beta, L_perc)}``."""
     return {"dir": (1.0, DirectionalCLIPLoss(clip, c0_text, c1_text)), "perc": (float(beta), CLIPPerceptualLoss(clip))}

@@ -17,6 +17,7 @@ from disentkit.losses import (
     CLIPPerceptualLoss,
     CLIPPromptLoss,
     DirectionalCLIPLoss,
+    Hinge,
     load_clip,
     paper_losses,
     prompt_losses,
@@ -76,6 +77,17 @@ def test_prompt_losses_default_to_c0_as_the_alternative(clip):
     assert values.shape == (2,) and (values >= 0).all()
     values.sum().backward()
     assert edited.grad is not None and edited.grad.abs().sum() > 0
+
+
+def test_hinge_is_silent_below_its_floor_per_image():
+    distance = lambda edited, reference: (edited - reference).flatten(1).abs().mean(1)  # noqa: E731
+    reference = torch.zeros(3, 1, 1, 1)
+    edited = torch.tensor([0.1, 0.5, 0.9]).view(3, 1, 1, 1).requires_grad_(True)
+    assert Hinge(distance, 0.5)(edited, reference).tolist() == pytest.approx([0.0, 0.0, 0.4])
+    per_image = Hinge(distance, torch.tensor([0.0, 0.6, 0.95]))(edited, reference)
+    assert per_image.tolist() == pytest.approx([0.1, 0.0, 0.0])
+    per_image.sum().backward()
+    assert edited.grad.flatten().tolist() == pytest.approx([1.0, 0.0, 0.0])  # only the image above its floor
 
 
 def test_directional_loss_is_per_image_and_differentiable(clip):
