@@ -228,14 +228,9 @@ class CLIPPromptLoss:
     other values of the attribute (for "a photo of a face, smiling": "..., neutral" and "..., frowning"). Logits are
     scaled by the model's own ``logit_scale``, as in CLIP's zero-shot classifier. The reference image is not used:
     this loss judges the style only, so pair it with a content loss. 0 means CLIP is certain of c1.
-
-    ``enough``: a probability at which the style counts as reached (e.g. 0.9); the loss is then
-    ``max(0, -log p + log enough)``, so it stops pushing once CLIP is that sure and the content term alone acts.
     """
 
-    def __init__(self, clip: Clip, c1_text: str, alternatives: Sequence[str], enough: float | None = None):
-        if enough is not None and not 0 < enough < 1:
-            raise ValueError(f"enough is a probability in (0, 1), got {enough}.")
+    def __init__(self, clip: Clip, c1_text: str, alternatives: Sequence[str]):
         alternatives = [a for a in alternatives if a != c1_text]
         if not alternatives:
             raise ValueError("CLIPPromptLoss needs at least one alternative prompt different from c1 (e.g. c0).")
@@ -243,11 +238,10 @@ class CLIPPromptLoss:
         self.prompts = [c1_text, *alternatives]
         self.texts = clip.encode_texts(self.prompts)  # (P, E), computed once; row 0 is the target
         self.scale = float(clip.model.logit_scale.exp())
-        self.floor = -math.log(enough) if enough is not None else 0.0
 
     def __call__(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.scale * self.clip.encode_images(edited) @ self.texts.T  # (R, P)
-        return (-F.log_softmax(logits, dim=-1)[:, 0] - self.floor).clamp_min(0)
+        return -F.log_softmax(logits, dim=-1)[:, 0]
 
 
 class Hinge:
@@ -281,9 +275,16 @@ def prompt_losses(
 ) -> dict[str, tuple[float, Loss]]:
     """``{"prompt": (1, L_prompt), "perc": (beta, L_perc)}``: :class:`CLIPPromptLoss` (alternatives default to
     ``[c0_text]``) with the perceptual content loss. The prompt loss is near 0 once the style is reached, so the
-    content term needs a larger weight than in the paper's objective (2 rather than 0.05) to be heard."""
+    content term needs a larger weight than in the paper's objective (2 rather than 0.05) to be heard.
+
+    ``enough``: a probability at which the style counts as reached (e.g. 0.9): the prompt term becomes
+    ``Hinge(L_prompt, -log enough)`` and stops pushing once CLIP is that sure, so the content term alone acts."""
     alternatives = list(alternatives) if alternatives is not None else [c0_text]
-    prompt = CLIPPromptLoss(clip, c1_text, alternatives, enough)
+    prompt: Loss = CLIPPromptLoss(clip, c1_text, alternatives)
+    if enough is not None:
+        if not 0 < enough < 1:
+            raise ValueError(f"enough is a probability in (0, 1), got {enough}.")
+        prompt = Hinge(prompt, -math.log(enough))
     return {"prompt": (1.0, prompt), "perc": (float(beta), CLIPPerceptualLoss(clip))}
 
 

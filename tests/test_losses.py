@@ -79,6 +79,17 @@ def test_prompt_losses_default_to_c0_as_the_alternative(clip):
     assert edited.grad is not None and edited.grad.abs().sum() > 0
 
 
+def test_prompt_losses_enough_stops_pushing_at_that_probability(clip):
+    c0, c1 = "a photo of a face", "a photo of a face, smiling"
+    images = torch.rand(4, 3, 32, 32)
+    plain = prompt_losses(clip, c0, c1)["prompt"][1](images, None)
+    enough = float(torch.exp(-plain.median()))  # about half the images are "sure enough" at this level
+    hinged = prompt_losses(clip, c0, c1, enough=enough)["prompt"][1](images, None)
+    torch.testing.assert_close(hinged, (plain + math.log(enough)).clamp_min(0))
+    with pytest.raises(ValueError, match="probability"):
+        prompt_losses(clip, c0, c1, enough=1.5)
+
+
 def test_hinge_is_silent_below_its_floor_per_image():
     distance = lambda edited, reference: (edited - reference).flatten(1).abs().mean(1)  # noqa: E731
     reference = torch.zeros(3, 1, 1, 1)
