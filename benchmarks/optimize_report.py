@@ -128,7 +128,7 @@ def style_alignment(clip, c0: str, c1: str, pixels: torch.Tensor, reference: tor
             "prompt": CLIPPromptLoss(clip, c1, ALTERNATIVES.get(c1, [c0]))(pixels),
         }  # fmt: skip
     p = pd.Series(style).rank()
-    return {name: float(pd.Series(v.numpy()).rank().corr(p)) for name, v in losses.items()}
+    return {name: float(pd.Series(v.float().cpu().numpy()).rank().corr(p)) for name, v in losses.items()}
 
 
 def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="prompt", enough=None, keep_content=None) -> dict:
@@ -246,8 +246,9 @@ def inversion_report(pipe, cfg) -> dict:
             tape = invert(pipe, image, prompt, steps=steps, method=method, guidance=guidance, progress=False)
             cond = dk.encode(pipe, prompt, prompt)
             out = dk.sample(pipe, cond, dk.MixSchedule.constant(steps, 0.0), tape, guidance, progress=False)
+            pixels = out.pixels.float().cpu()
             rows.append({"scene": i, "prompt": prompt, "method": method, "guidance": guidance,
-                         "psnr_vs_vae_db": float(psnr(out.pixels, vae)), "psnr_vs_image_db": float(psnr(out.pixels, original)),
+                         "psnr_vs_vae_db": float(psnr(pixels, vae)), "psnr_vs_image_db": float(psnr(pixels, original)),
                          "vae_round_trip_db": float(psnr(vae, original))})  # fmt: skip
     summary = {}
     for method, need in (("exact", 30.0), ("ddim", 20.0)):

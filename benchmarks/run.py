@@ -43,7 +43,6 @@ import disentkit as dk  # noqa: E402
 from disentkit.errors import ModelNotFoundError  # noqa: E402
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
 from disentkit.samplers import make_scheduler  # noqa: E402
-from disentkit.sampling import decode, denoise  # noqa: E402
 from disentkit.sweeps import count_branch_steps, sweep_switch  # noqa: E402
 
 C0, C1 = "a photo of a face", "a photo of a face, smiling"  # toyworld knows faces; any SD does too
@@ -183,37 +182,24 @@ def mse_to_reference(edited: torch.Tensor, reference: torch.Tensor) -> torch.Ten
 
 
 def make_iteration(pipe, cond, tape, checkpoint: bool, guidance: float = 7.5):
-    """(a function doing one optimisation iteration, which implementation it uses).
+    """(a function doing one optimisation iteration, the name of what it runs): the library's own iteration,
+    disentkit.optimize.Objective (denoise with per-step checkpointing, decode, loss), then backward and an Adam step.
+    For a float16 model the loss is scaled before the backward, as optimize's GradScaler does, so that the
+    gradient does not underflow."""
+    from disentkit.optimize import Objective
 
-    Uses disentkit.optimize.Objective (the library's own iteration) when it is there, else the same thing inline:
-    denoise with lam.requires_grad_(True), decode, loss, backward, Adam step.
-    """
     lam = dk.MixSchedule.switch(tape.steps, int(0.4 * tape.steps)).weights.to(pipe.unet.device).requires_grad_(True)
     adam = torch.optim.Adam([lam], lr=0.05)
-    try:
-        from disentkit.optimize import Objective
-
-        objective = Objective(pipe, cond, tape, {"mse": (1.0, mse_to_reference)}, guidance, grad_checkpoint=checkpoint)
-        kind = "disentkit.optimize.Objective"
-
-        def loss():
-            return objective(lam)[0]
-    except (ImportError, TypeError):  # not written yet, or its signature moved
-        T = cond.tokens
-        kind = "inline (denoise + decode + mse)"
-
-        def loss():
-            lam_runs = lam[None, :, None].expand(1, -1, T)  # (1, N, T)
-            z = denoise(pipe, cond, lam_runs, tape, guidance, checkpoint=checkpoint, progress=False)
-            return (decode(pipe, z).float() - 0.5).pow(2).mean()
+    objective = Objective(pipe, cond, tape, {"mse": (1.0, mse_to_reference)}, guidance, grad_checkpoint=checkpoint)
+    scale = 2.0**12 if pipe.unet.dtype == torch.float16 else 1.0
 
     def iteration():
         adam.zero_grad(set_to_none=True)
-        loss().backward()
+        (objective(lam)[0] * scale).backward()
         adam.step()
-        return float(lam.grad.abs().sum())
+        return float(lam.grad.abs().sum())  # NaN (an overflow) counts as no gradient
 
-    return iteration, kind
+    return iteration, "disentkit.optimize.Objective"
 
 
 def bench_iteration(pipe, cfg: Config, guidance: float = 7.5) -> dict:
@@ -399,32 +385,52 @@ def markdown(results: dict) -> str:
         "| # | figure | measured | goal | ok |",
         "|---|---|---|---|---|",
     ]
-    s = f["1_switch_sweep"]
-    lines.append(
+    if "1_switch_sweep" in f:
+        lines.append(switch_sweep_row(f["1_switch_sweep"]))
+    if "2_optimisation_iteration" in f:
+        lines.append(iteration_row(f["2_optimisation_iteration"]))
+    if "3_checkpoint_memory" in f:
+        lines.append(memory_row(f["3_checkpoint_memory"]))
+    if "4_real_scale_gpu" in f:
+        lines += real_scale_rows(f["4_real_scale_gpu"])
+    if "5_torch" in f:
+        lines.append(torch_row(f["5_torch"]))
+    lines += ["", f"Total: {m['wall_s']:.0f} s wall, {m['cpu_s']:.0f} s CPU (memory subprocesses included).", ""]
+    return "\n".join(lines)
+
+
+def switch_sweep_row(s: dict) -> str:
+    return (
         f"| 1 | switch sweep {len(s['switch_steps'])} switch steps x {len(s['seeds'])} seeds x {s['steps']} steps: "
         f"plain diffusers ({s['runs']} pipe calls) / sweep_switch | **{s['speedup']:.2f}x** "
         f"({s['plain_diffusers_s']:.1f} s / {s['sweep_switch_s']:.1f} s; UNet rows {s['row_ratio']:.2f}x fewer; "
         f"max pixel diff {s['max_abs_pixel_diff']:.1e}) | >= 1.8x, diff <= 1/255 | "
         f"{_ok(s['speedup'] >= 1.8 and s['same_images'])} |"
     )
-    it = f["2_optimisation_iteration"]
-    lines.append(
+
+
+def iteration_row(it: dict) -> str:
+    return (
         f"| 2 | one optimisation iteration / one dk.sample ({it['steps']} steps; {it['iteration']}) | "
         f"**{it['ratio']:.2f}x** ({it['iteration_s']:.2f} s / {it['sample_s']:.2f} s; without checkpointing "
         f"{it['ratio_without_checkpointing']:.2f}x) | <= 4x | {_ok(it['ratio'] <= 4)} |"
     )
-    mem = f["3_checkpoint_memory"]
+
+
+def memory_row(mem: dict) -> str:
     if "ratio_without_over_with" in mem:
         unit = mem["checkpoint"]["unit"]
-        lines.append(
+        return (
             f"| 3 | peak memory added by one iteration ({mem['steps']} steps, {unit}, fresh processes): "
             f"without / with checkpointing | **{mem['ratio_without_over_with']:.1f}x** "
             f"({mem['no_checkpoint']['delta'] / 2**20:.0f} MiB / {mem['checkpoint']['delta'] / 2**20:.0f} MiB) | "
             f"checkpointing smaller | {_ok(mem['ratio_without_over_with'] > 1)} |"
         )
-    else:
-        lines.append(f"| 3 | checkpoint memory | failed: {mem} | | no |")
-    real = f["4_real_scale_gpu"]
+    return f"| 3 | checkpoint memory | failed: {mem} | | no |"
+
+
+def real_scale_rows(real: dict) -> list[str]:
+    lines = []
     for key, goal in (("sd14_512", "<= 10 GB"), ("sdxl_1024", "")):
         r = real[key]
         if isinstance(r, str):
@@ -440,14 +446,15 @@ def markdown(results: dict) -> str:
         f"| 4 | same code path on the CPU ({chk['model']}, {chk['steps']} steps) | ran in {chk['iteration_s']:.2f} s, "
         f"gradient {'non-zero' if chk['grad_nonzero'] else 'ZERO'} | runs | {_ok(chk['grad_nonzero'])} |"
     )
-    tl = f["5_torch"]
-    lines.append(
+    return lines
+
+
+def torch_row(tl: dict) -> str:
+    return (
         f"| 5 | attention: {', '.join(tl['attention_processors'])}; channels-last / contiguous UNet time "
         f"({tl['unet_batch_rows']} rows) | {1 / tl['channels_last_speedup']:.2f}x the time | SDPA; channels-last only if faster | "
         f"{_ok(tl['sdpa'])} |"
     )
-    lines += ["", f"Total: {m['wall_s']:.0f} s wall, {m['cpu_s']:.0f} s CPU (memory subprocesses included).", ""]
-    return "\n".join(lines)
 
 
 def _ok(flag: bool) -> str:
@@ -461,6 +468,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks"))
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1 is steadiest on a shared machine; both sides of a ratio use the same)")
+    ap.add_argument("--only", nargs="+", type=int, choices=range(1, 6), metavar="N",
+                    help="measure only these figures (1-5), e.g. --only 4 for the real-scale GPU figure")
     ap.add_argument("--memory-child", choices=["checkpoint", "no_checkpoint"], help=argparse.SUPPRESS)
     ap.add_argument("--memory-steps", type=int, default=50, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -482,6 +491,8 @@ def main(argv=None) -> int:
         ("4_real_scale_gpu", lambda: bench_real_scale(cfg)),
         ("5_torch", lambda: bench_torch(pipe, cfg)),
     ):
+        if args.only and int(key[0]) not in args.only:
+            continue
         t0 = time.perf_counter()
         figures[key] = run()
         print(f"{key}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -4,6 +4,10 @@
     python benchmarks/toyworld_report.py --quick    # 8 samples per prompt, 4 seeds, switch steps every 5 (~28k rows)
     python benchmarks/toyworld_report.py --model /tmp/w/pipeline --clip /tmp/w/clip --out outputs/x
     python benchmarks/toyworld_report.py --render outputs/toyworld_report/report.json   # rewrite the words only
+    # on a GPU for the sampling parts, the speed bar on this CPU, then one report of both:
+    python benchmarks/toyworld_report.py --device cuda --parts clip prompts map --out outputs/tw_gpu
+    python benchmarks/toyworld_report.py --parts speed --out outputs/tw_cpu
+    python benchmarks/toyworld_report.py --render outputs/tw_cpu/report.json outputs/tw_gpu/report.json --out outputs/tw
 
 Cost: one UNet row (one 16x16 latent through the toy UNet, one guidance branch) took ~6 CPU ms on our 2-core box
 (batched, one thread); the full map is 212,000 rows thanks to prefix sharing (~22 CPU min, ~11 min with two
@@ -57,6 +61,16 @@ from disentkit.toyworld.evaluator import Evaluator, centroid_shift, mask_iou  # 
 PROMPT_BARS = {"color": 0.90, "kind": 0.85, "background": 0.90, "expression": 0.75}
 CLIP_BAR = 0.90
 SECONDS_BAR = 1.0
+
+# The report's parts (--parts), and the report.json keys each one writes (merge_reports puts reports together).
+PARTS = ("speed", "clip", "prompts", "map")
+PART_KEYS = {
+    "speed": ("speed",),
+    "clip": ("clip_zero_shot", "clip_zero_shot_openai_stats"),
+    "prompts": ("prompt_following",),
+    "map": ("map",),
+}
+TIMING_KEYS = {"speed": "speed", "clip": "clip_zero_shot", "prompts": "prompt_following", "map": "map"}
 
 # Seeds and scene seeds nobody else uses: training samples grids with seeds 0..5, the evaluator's held-out renders
 # use 20231, training's own CLIP check uses default_rng(10_000). Same seeds every run, so reports compare.
@@ -482,22 +496,47 @@ def _verdict(passed) -> str:
 
 
 def readme_section(r: dict) -> str:
-    """The README's "What toyworld shows" section, every number taken from the report ``r``."""
-    pf = pd.DataFrame(r["prompt_following"]["per_factor"])
-    zs = pd.DataFrame(r["clip_zero_shot"])
-    speed = r["speed"]
-    best = pd.DataFrame(r["map"]["summary"])
+    """The README's "What toyworld shows" section, every number taken from the report ``r`` (the parts it holds)."""
     cfg = r["config"]
     steps = cfg["steps"]
     trained = r["model_info"].get("unet")
+    parts = report_parts(r)
+    where = ""
+    if r.get("sources"):  # a merged report: say where each part was measured
+        where = "; " + ", ".join(f"{part} on {src['device']} ({src['date']})" for part, src in r["sources"].items())
+    elif r.get("device", "cpu") != "cpu":
+        where = f"; sampled on {r['device']}"
     lines = [
         "## What toyworld shows",
         "",
         f"Measured by `python benchmarks/toyworld_report.py` ({r['date']}, model `{r['model']}`"
-        + (f", {trained}" if trained else "") + ").",
+        + (f", {trained}" if trained else "") + where + ").",
         "",
+    ]
+    if "prompts" in parts:
+        lines += prompt_lines(r)
+    if "clip" in parts:
+        zs = pd.DataFrame(r["clip_zero_shot"])
+        lines += [
+            f"**Its CLIP reads the scenes.** Zero-shot accuracy on {int(zs['n'].iloc[0])} held-out renders per "
+            f"factor (bar >= {_pct(CLIP_BAR)}): "
+            + ", ".join(f"{f} {_pct(a)} (chance {_pct(c)})" for f, a, c in zip(zs["factor"], zs["accuracy"], zs["chance"]))
+            + ("." if zs["passed"].all() else f"; below the bar: {', '.join(zs.loc[~zs['passed'], 'factor'])}."),
+            "",
+        ]
+    if "speed" in parts:
+        lines += [speed_text(r["speed"], cfg), ""]
+    if "map" in parts:
+        lines += map_lines(r)
+    return "\n".join(lines) + "\n"
+
+
+def prompt_lines(r: dict) -> list[str]:
+    cfg = r["config"]
+    pf = pd.DataFrame(r["prompt_following"]["per_factor"])
+    lines = [
         f"**It follows prompts.** {len(cfg['prompts'])} held-out prompts that each say one attribute, "
-        f"{cfg['samples_per_prompt']} samples each ({steps} DDIM steps, guidance {cfg['guidance']}), judged by the "
+        f"{cfg['samples_per_prompt']} samples each ({cfg['steps']} DDIM steps, guidance {cfg['guidance']}), judged by the "
         "independent toyworld evaluator:",
         "",
         "| factor | accuracy | bar | |",
@@ -507,15 +546,14 @@ def readme_section(r: dict) -> str:
         bar = "—" if pd.isna(row.bar) else f">= {_pct(row.bar)}"
         acc = f"{_pct(row.accuracy)} ({row.n_prompts} prompts)"
         lines.append(f"| {row.factor} | {acc} | {bar} | {_verdict(row.passed)} |")
-    lines += [
-        "",
-        f"**Its CLIP reads the scenes.** Zero-shot accuracy on {int(zs['n'].iloc[0])} held-out renders per factor "
-        f"(bar >= {_pct(CLIP_BAR)}): "
-        + ", ".join(f"{f} {_pct(a)} (chance {_pct(c)})" for f, a, c in zip(zs["factor"], zs["accuracy"], zs["chance"]))
-        + ("." if zs["passed"].all() else f"; below the bar: {', '.join(zs.loc[~zs['passed'], 'factor'])}."),
-        "",
-        speed_text(speed, cfg),
-        "",
+    return lines + [""]
+
+
+def map_lines(r: dict) -> list[str]:
+    cfg = r["config"]
+    steps = cfg["steps"]
+    best = pd.DataFrame(r["map"]["summary"])
+    lines = [
         f"**The switch step separates content from style.** For each pair, c0 for steps 0..k-1 and c1 from step k "
         f"on, for every k in {cfg['switch_steps'][0]}..{cfg['switch_steps'][-1]} (step {cfg['switch_every']}), "
         f"{cfg['map_seeds']} seeds. Best k = the latest switch whose images still reach the style "
@@ -546,7 +584,7 @@ def readme_section(r: dict) -> str:
         "Figures: `map_style.png`, `map_content_iou.png` (pair x switch step), `map_curves.png`, `map_examples.png`; "
         "every number is in `report.json` and the CSV tables next to it.",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def speed_text(speed: dict, cfg: dict) -> str:
@@ -673,7 +711,7 @@ def map_runtime_text(r: dict) -> str:
 
 def report_markdown(r: dict) -> str:
     """The whole printed report: the README section plus the details a reviewer wants (timings, per prompt)."""
-    pp = pd.DataFrame(r["prompt_following"]["per_prompt"])
+    parts = report_parts(r)
     lines = [
         "# toyworld quality report" + (" (QUICK: development sizes, not the report's)" if r["quick"] else ""),
         "",
@@ -691,21 +729,28 @@ def report_markdown(r: dict) -> str:
         readme_section(r),
         "## Details",
         "",
-        "Prompt following, per prompt (accuracy of each factor the prompt says; mean evaluator P(target)):",
-        "",
-        "| prompt | factor | target | accuracy | P(target) |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {x.prompt} | {x.factor} | {x.target} | {_pct(x.accuracy)} | {x.target_prob:.2f} |"
-            for x in pp.itertuples()
-        ],
-        "",
-        "Map, product rule (k maximising P(target) x IoU): "
-        + ", ".join(f"{x['pair']} k={x['product_k']}" for x in r["map"]["summary"]) + ".",
-        "",
-        map_runtime_text(r),
     ]
-    diag = r.get("clip_zero_shot_openai_stats")
+    if "prompts" in parts:
+        pp = pd.DataFrame(r["prompt_following"]["per_prompt"])
+        lines += [
+            "Prompt following, per prompt (accuracy of each factor the prompt says; mean evaluator P(target)):",
+            "",
+            "| prompt | factor | target | accuracy | P(target) |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {x.prompt} | {x.factor} | {x.target} | {_pct(x.accuracy)} | {x.target_prob:.2f} |"
+                for x in pp.itertuples()
+            ],
+            "",
+        ]
+    if "map" in parts:
+        lines += [
+            "Map, product rule (k maximising P(target) x IoU): "
+            + ", ".join(f"{x['pair']} k={x['product_k']}" for x in r["map"]["summary"]) + ".",
+            "",
+            map_runtime_text(r),
+        ]
+    diag = r.get("clip_zero_shot_openai_stats") if "clip" in parts else None
     if diag:
         lines.append(
             "CLIP zero-shot with OpenAI CLIP's image statistics instead (what `disentkit.losses.load_clip` uses for a "
@@ -745,48 +790,55 @@ def report_meta(model: str, clip_path, clip_stats: str, evaluator: str | None, q
     }  # fmt: skip
 
 
-def run_report(runner: Runner, clip: Clip, cfg: ReportConfig, out: Path, meta: dict) -> dict:
-    """Measure everything, write OUT/{report.json, report.md, readme_section.md, *.csv, *.png}, return the report.
+def run_report(runner: Runner, clip: Clip, cfg: ReportConfig, out: Path, meta: dict,
+               parts: tuple[str, ...] = PARTS) -> dict:  # fmt: skip
+    """Measure the ``parts`` asked for, write OUT/{report.json, report.md, readme_section.md, *.csv, *.png}, return
+    the report.
 
     Timings: wall seconds per part in ``timings_s``; CPU seconds in ``cpu_s`` (summed over worker processes; on a
     machine shared with other jobs the wall time grows with their load, the CPU time much less)."""
-    timings, cpu = {}, {}
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown report part(s) {unknown}; the parts are {', '.join(PARTS)}")
+    timings, cpu, measured = {}, {}, {}
+    tables, figures = {}, {}
 
-    # Speed first, in this process, before the workers get busy.
-    t, c = time.perf_counter(), time.process_time()
-    speed = one_image_seconds(runner.pipe, cfg)
-    timings["speed"], cpu["speed"] = time.perf_counter() - t, time.process_time() - c
+    if "speed" in parts:  # first, in this process, before the workers get busy
+        t, c = time.perf_counter(), time.process_time()
+        measured["speed"] = one_image_seconds(runner.pipe, cfg)
+        timings["speed"], cpu["speed"] = time.perf_counter() - t, time.process_time() - c
 
-    t, c = time.perf_counter(), time.process_time()
-    zero_shot = clip_zero_shot(clip, cfg.clip_scenes)
-    # what the library's default loader would give (OpenAI statistics), to show whether the statistics matter
-    openai = None
-    if tuple(clip.mean) == TOY_CLIP_MEAN:
-        other = replace(clip, mean=CLIP_MEAN, std=CLIP_STD)
-        openai = dict(zip(*clip_zero_shot(other, cfg.clip_scenes)[["factor", "accuracy"]].to_numpy().T))
-    timings["clip_zero_shot"], cpu["clip_zero_shot"] = time.perf_counter() - t, time.process_time() - c
+    if "clip" in parts:
+        t, c = time.perf_counter(), time.process_time()
+        zero_shot = clip_zero_shot(clip, cfg.clip_scenes)
+        # what the library's default loader would give (OpenAI statistics), to show whether the statistics matter
+        openai = None
+        if tuple(clip.mean) == TOY_CLIP_MEAN:
+            other = replace(clip, mean=CLIP_MEAN, std=CLIP_STD)
+            openai = dict(zip(*clip_zero_shot(other, cfg.clip_scenes)[["factor", "accuracy"]].to_numpy().T))
+        timings["clip_zero_shot"], cpu["clip_zero_shot"] = time.perf_counter() - t, time.process_time() - c
+        measured |= {"clip_zero_shot": zero_shot.to_dict("records"), "clip_zero_shot_openai_stats": openai}
+        tables["clip_zero_shot.csv"] = zero_shot
 
-    t, c = time.perf_counter(), runner.cpu_s
-    per_prompt, per_factor, prompt_examples = prompt_following(runner, cfg)
-    timings["prompt_following"], cpu["prompt_following"] = time.perf_counter() - t, runner.cpu_s - c
+    if "prompts" in parts:
+        t, c = time.perf_counter(), runner.cpu_s
+        per_prompt, per_factor, prompt_examples = prompt_following(runner, cfg)
+        timings["prompt_following"], cpu["prompt_following"] = time.perf_counter() - t, runner.cpu_s - c
+        measured["prompt_following"] = {"per_factor": per_factor.to_dict("records"),
+                                        "per_prompt": per_prompt.to_dict("records")}  # fmt: skip
+        tables |= {"prompt_following.csv": per_factor, "prompt_following_per_prompt.csv": per_prompt}
+        figures["prompt_examples.png"] = plotting.image_grid(
+            prompt_examples, len(cfg.prompts), min(8, cfg.samples_per_prompt), row_labels=cfg.prompts,
+            title="prompt following: the first seeds of each prompt",
+        )  # fmt: skip
 
-    t, c = time.perf_counter(), runner.cpu_s
-    runs, map_examples, rows = disentanglement_runs(runner, cfg)
-    timings["map"], cpu["map"] = time.perf_counter() - t, runner.cpu_s - c
-    table = map_table(runs)
-    summary = best_switch_steps(table, cfg.steps)
-
-    config = {k: v for k, v in asdict(cfg).items() if k != "pairs"} | {"switch_steps": cfg.switch_steps}
-    report = {
-        **meta,
-        "config": config,
-        "torch_threads": torch.get_num_threads(),
-        "bars": {"prompt_following": PROMPT_BARS, "clip_zero_shot": CLIP_BAR, "seconds_per_image": SECONDS_BAR},
-        "prompt_following": {"per_factor": per_factor.to_dict("records"), "per_prompt": per_prompt.to_dict("records")},
-        "clip_zero_shot": zero_shot.to_dict("records"),
-        "clip_zero_shot_openai_stats": openai,
-        "speed": speed,
-        "map": {
+    if "map" in parts:
+        t, c = time.perf_counter(), runner.cpu_s
+        runs, map_examples, rows = disentanglement_runs(runner, cfg)
+        timings["map"], cpu["map"] = time.perf_counter() - t, runner.cpu_s - c
+        table = map_table(runs)
+        summary = best_switch_steps(table, cfg.steps)
+        measured["map"] = {
             "pairs": [
                 {"name": p.name, "c0": p.c0, "c1": p.c1, "factor": p.factor, "target": p.target} for p in cfg.pairs
             ],
@@ -794,30 +846,64 @@ def run_report(runner: Runner, clip: Clip, cfg: ReportConfig, out: Path, meta: d
             "summary": summary.to_dict("records"),
             "table": table.assign(pair=table["pair"].astype(str)).to_dict("records"),
             "images": len(runs), **rows, "full_map_unet_rows": full_map_rows(cfg),
-        },
+        }
+        tables |= {"map.csv": table, "map_runs.csv": runs, "map_summary.csv": summary}
+        figures |= map_figures(table, map_examples, cfg)
+
+    config = {k: v for k, v in asdict(cfg).items() if k != "pairs"} | {"switch_steps": cfg.switch_steps}
+    report = {
+        **meta,
+        "config": config,
+        "torch_threads": torch.get_num_threads(),
+        "bars": {"prompt_following": PROMPT_BARS, "clip_zero_shot": CLIP_BAR, "seconds_per_image": SECONDS_BAR},
+        "parts": [p for p in PARTS if p in parts],
+        **measured,
         "timings_s": timings | {"total": sum(timings.values())},
         "cpu_s": cpu,
     }
     report = _plain(report)  # JSON types only: numpy scalars become Python ones, NaN becomes None
 
     out.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "prompt_following.csv": per_factor, "prompt_following_per_prompt.csv": per_prompt,
-        "clip_zero_shot.csv": zero_shot, "map.csv": table, "map_runs.csv": runs, "map_summary.csv": summary,
-    }  # fmt: skip
     for name, df in tables.items():
         plotting.save_table(df, out / name)
-    figures = map_figures(table, map_examples, cfg)
-    figures["prompt_examples.png"] = plotting.image_grid(
-        prompt_examples, len(cfg.prompts), min(8, cfg.samples_per_prompt), row_labels=cfg.prompts,
-        title="prompt following: the first seeds of each prompt",
-    )  # fmt: skip
     for name, fig in figures.items():
         plotting.save_figure(fig, out / name)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", report_markdown(report))
     write_text_atomic(out / "readme_section.md", readme_section(report))
     return report
+
+
+def report_parts(r: dict) -> list[str]:
+    """The parts a report holds (reports written before --parts hold all of them)."""
+    return r.get("parts", list(PARTS))
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several that measured different parts of the same model (say the sampling parts on a GPU,
+    the speed bar on this CPU): each part comes from the last report that measured it, and ``sources`` says which
+    report gave which part. Two reports of different models refuse to merge."""
+    models = {r["model_info"].get("unet_mtime_utc", r["model"]) for r in reports}
+    if len(models) > 1:
+        raise ValueError(f"these reports measured different models ({sorted(models)}); merge reports of one model")
+    merged = json.loads(json.dumps(reports[0]))
+    merged["sources"] = {}
+    for r in reports:
+        for part in report_parts(r):
+            for key in PART_KEYS[part]:
+                merged[key] = r.get(key)
+            timing = TIMING_KEYS[part]
+            for field_ in ("timings_s", "cpu_s"):
+                if timing in r.get(field_, {}):
+                    merged.setdefault(field_, {})[timing] = r[field_][timing]
+            merged["config"] = r["config"] | merged["config"] if part == "speed" else merged["config"] | r["config"]
+            merged["sources"][part] = {"date": r["date"], "device": r.get("device", "cpu"),
+                                       "torch_threads": r["torch_threads"], "workers": r.get("workers", 1)}  # fmt: skip
+    merged["parts"] = [p for p in PARTS if p in merged["sources"]]
+    merged["timings_s"]["total"] = sum(v for k, v in merged["timings_s"].items() if k != "total")
+    if "speed" in merged["sources"]:
+        merged["torch_threads"] = merged["sources"]["speed"]["torch_threads"]  # what speed_text reads
+    return merged
 
 
 def _plain(x):
@@ -848,17 +934,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=None, help="samples per prompt (default 100; quick 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds of the map (default 16; quick 4)")
     p.add_argument("--switch-every", type=int, default=None, help="map switch steps 0, e, 2e, .. (default 1; quick 5)")
-    p.add_argument("--render", default=None, metavar="REPORT_JSON",
-                   help="measure nothing: rewrite report.md and readme_section.md beside an existing report.json")
+    p.add_argument("--device", default="cpu",
+                   help="where the model samples (cuda: one process, big batches); the speed bar is about the CPU")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure (default: all)")
+    p.add_argument("--render", nargs="+", default=None, metavar="REPORT_JSON",
+                   help="measure nothing: rewrite report.md and readme_section.md beside an existing report.json; "
+                        "with several, merge them (each part from the last that has it) into --out")
     args = p.parse_args(argv)
 
     if args.render:  # the words change more often than the numbers; no need to sample again for them
-        path = Path(args.render)
-        report = json.loads(path.read_text())
-        write_text_atomic(path.parent / "report.md", report_markdown(report))
-        write_text_atomic(path.parent / "readme_section.md", readme_section(report))
+        paths = [Path(x) for x in args.render]
+        reports = [json.loads(path.read_text()) for path in paths]
+        report = reports[0] if len(reports) == 1 else merge_reports(reports)
+        folder = paths[0].parent if len(reports) == 1 else Path(args.out or "outputs/toyworld_report")
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(reports) > 1:
+            write_json_atomic(folder / "report.json", report)
+        write_text_atomic(folder / "report.md", report_markdown(report))
+        write_text_atomic(folder / "readme_section.md", readme_section(report))
         print(report_markdown(report))
         return report
+    if args.device != "cpu" and "speed" in args.parts:
+        p.error(f"the speed bar is about this CPU: measure it with --parts speed on the CPU, and the other parts "
+                f"with --device {args.device} --parts clip prompts map; --render A.json B.json --out DIR merges them")
 
     torch.set_num_threads(args.threads)
     cfg = ReportConfig.quick() if args.quick else ReportConfig()
@@ -868,13 +966,16 @@ def main(argv: list[str] | None = None) -> dict:
     clip_path = args.clip or (toyworld_dir() / "clip" if args.model == "toyworld" else Path(args.model).parent / "clip")
     out = Path(args.out or ("outputs/toyworld_report_quick" if args.quick else "outputs/toyworld_report"))
 
-    pipe = dk.load_pipeline(args.model)
+    pipe = dk.load_pipeline(args.model, device=args.device)
     clip, stats = load_report_clip(clip_path)
-    evaluator = Evaluator.load(args.evaluator)
-    meta = report_meta(args.model, clip_path, stats, args.evaluator, args.quick) | {"workers": args.workers}
-    runner = Runner(pipe, evaluator, args.workers, args.model, args.evaluator, args.threads)
+    evaluator = Evaluator.load(args.evaluator, device=args.device)
+    # On a GPU one process with big batches is fastest; worker processes are for the CPU's cores.
+    workers = args.workers if args.device == "cpu" else 1
+    meta = report_meta(args.model, clip_path, stats, args.evaluator, args.quick) | {"workers": workers,
+                                                                                     "device": args.device}
+    runner = Runner(pipe, evaluator, workers, args.model, args.evaluator, args.threads)
     try:
-        report = run_report(runner, clip, cfg, out, meta)
+        report = run_report(runner, clip, cfg, out, meta, tuple(args.parts))
     finally:
         runner.close()
     print(report_markdown(report))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .conditioning import encode, mix
 from .errors import DisentkitError, InvalidImageError
 from .noise import NoiseTape
-from .pipeline import latent_shape, pipeline_device, pipeline_dtype
+from .pipeline import latent_shape, pipeline_device, pipeline_dtype, vae_in_safe_precision
 from .samplers import make_scheduler
 from .sampling import guided_output, sdxl_time_ids
 
@@ -109,11 +109,12 @@ def encode_image(pipe, image) -> torch.Tensor:
     """VAE-encode an image (anything :func:`load_image` reads) to latents (1, C, h, w) on the model's device.
 
     Uses the mean of the VAE's posterior (deterministic), scaled as :func:`disentkit.sampling.decode` expects.
+    A float16 VAE that overflows in float16 (``force_upcast``, SDXL's) encodes in float32.
     """
     pixels = load_image(image, model_image_size(pipe))
-    vae = pipe.vae
-    x = (pixels * 2 - 1).to(pipeline_device(pipe), vae.dtype)
-    z = vae.encode(x).latent_dist.mean
+    with vae_in_safe_precision(pipe) as vae:
+        x = (pixels * 2 - 1).to(pipeline_device(pipe), vae.dtype)
+        z = vae.encode(x).latent_dist.mean
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:  # the inverse of decode()'s per-channel normalisation
         shape = (1, -1, 1, 1)

@@ -295,8 +295,12 @@ def optimize(
     # The only tensor that ever requires a gradient.
     lam = init_schedule.weights.clone().to(device).requires_grad_(True)
     adam = torch.optim.Adam([lam], lr=lr)
-    fp16 = isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16
-    scaler = torch.amp.GradScaler("cuda") if fp16 else None  # fp16 gradients underflow without loss scaling
+    # The backward runs in float16 under fp16 autocast and for a float16 model (SDXL in half precision, say): its
+    # gradients underflow without loss scaling.
+    fp16 = (isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16) or (
+        device.type == "cuda" and pipeline_dtype(pipe) == torch.float16
+    )
+    scaler = torch.amp.GradScaler("cuda") if fp16 else None
 
     meta = {
         "model": model_id(pipe),

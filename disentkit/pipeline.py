@@ -7,6 +7,8 @@ errors that say how to fix a bad path, an offline hub id or a missing GPU.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import os
 import warnings
@@ -158,6 +160,22 @@ def pipeline_device(pipe: DiffusionPipeline) -> torch.device:
 
 def pipeline_dtype(pipe: DiffusionPipeline) -> torch.dtype:
     return pipe.unet.dtype
+
+
+@contextlib.contextmanager
+def vae_in_safe_precision(pipe: DiffusionPipeline):
+    """``with vae_in_safe_precision(pipe) as vae:`` the VAE to encode or decode with.
+
+    SDXL's VAE overflows in float16 (NaN images; its config says so with ``force_upcast``), so, as diffusers' own
+    pipelines do, such a VAE in float16 runs in float32: here a float32 copy for the call, with autocast off. The
+    pipeline's module is never changed behind the caller's back, and a gradient through the decode (optimize) sees
+    the weights it was computed with. Every other VAE is yielded as it is."""
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        with torch.autocast(vae.device.type, enabled=False):
+            yield copy.deepcopy(vae).float()
+    else:
+        yield vae
 
 
 def latent_shape(pipe: DiffusionPipeline, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .conditioning import Conditioning, mix
 from .errors import InvalidScheduleError
 from .noise import NoiseTape
-from .pipeline import pipeline_device, pipeline_dtype, with_compiled_unet
+from .pipeline import pipeline_device, pipeline_dtype, vae_in_safe_precision, with_compiled_unet
 from .samplers import make_scheduler, step_kwargs, step_of_call
 from .schedules import MixSchedule, stack_weights
 
@@ -228,7 +228,8 @@ def denoise(
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode latents (R, C, h, w) to pixels (R, 3, H, W) in [0, 1]; differentiable."""
+    """VAE-decode latents (R, C, h, w) to pixels (R, 3, H, W) in [0, 1]; differentiable. A float16 VAE that
+    overflows in float16 (``force_upcast``, SDXL's) decodes in float32 (see ``vae_in_safe_precision``)."""
     vae = pipe.vae
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:  # some SDXL-family VAEs normalise their latents per channel
@@ -238,7 +239,8 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
         latents = latents * std / vae.config.scaling_factor + mean
     else:
         latents = latents / vae.config.scaling_factor
-    image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    with vae_in_safe_precision(pipe) as vae:
+        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1)
 
 

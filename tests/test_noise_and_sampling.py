@@ -187,3 +187,45 @@ def test_prompt_errors(sd1_pipe):
 def test_cuda_without_gpu_is_a_clear_error(tiny_pipe_dir):
     with pytest.raises(DeviceUnavailableError, match="no CUDA GPU"):
         dk.load_pipeline(tiny_pipe_dir, device="cuda")
+
+
+def _overflowing_fp16_vae_pipe(force_upcast: bool):
+    """A tiny SDXL-style pipeline whose float16 VAE overflows (as SDXL's real VAE does in float16): its first decoder
+    convolution is scaled up so that its activations pass float16's maximum (65504), but not float32's."""
+    from disentkit.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sdxl", seed=0)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_in.weight.mul_(2e5)
+        pipe.vae.encoder.conv_in.weight.mul_(2e5)
+    pipe.vae.register_to_config(force_upcast=force_upcast)
+    pipe.vae.half()
+    return pipe
+
+
+def test_a_float16_vae_that_overflows_decodes_and_encodes_in_float32():
+    from disentkit.pipeline import vae_in_safe_precision
+
+    pipe = _overflowing_fp16_vae_pipe(force_upcast=True)
+    z = torch.randn(2, 4, 8, 8, dtype=torch.float16)
+    with torch.no_grad():
+        naive = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+    assert not torch.isfinite(naive).all()  # the failure this guards against: NaN/inf images in float16
+
+    z.requires_grad_(True)
+    pixels = dk.decode(pipe, z)
+    assert torch.isfinite(pixels).all() and pixels.dtype == torch.float32
+    pixels.mean().backward()  # optimize's gradient goes through this decode
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    assert pipe.vae.dtype == torch.float16  # the pipeline's own module is left as it was
+    assert all(p.grad is None for p in pipe.vae.parameters())  # and gets no gradients
+
+    image = (torch.rand(32, 32, 3) * 255).to(torch.uint8).numpy()
+    latents = dk.encode_image(pipe, image)
+    assert torch.isfinite(latents).all() and latents.dtype == pipe.unet.dtype
+
+    plain = _overflowing_fp16_vae_pipe(force_upcast=False)  # a VAE that does not ask for it runs as it is
+    with vae_in_safe_precision(plain) as vae:
+        assert vae is plain.vae
+    with torch.no_grad():
+        assert not torch.isfinite(dk.decode(plain, z.detach())).all()

@@ -174,3 +174,43 @@ def test_speed_text_names_the_compiled_time_when_measured(tr):
     assert "1.20 s" in text and "**over**" in text and "compile" not in text
     text = tr.speed_text(eager | {"compiled": compiled}, cfg)
     assert "0.90 s: within the bar" in text and "48 s" in text
+
+
+def test_parts_measure_only_what_is_asked_and_merge_into_one_report(tr, sd1_pipe, tmp_path):
+    """The sampling parts on one machine (say a GPU), the speed bar on another, then one report of both."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    clip, stats = tr.load_report_clip(save_tiny_clip(folder))
+    cfg = tr.ReportConfig(steps=3, samples_per_prompt=2, clip_scenes=4, speed_repeats=1, map_seeds=2, max_batch=8,
+                          prompts=["a photo of a circle, red"], pairs=tr.MAP_PAIRS[:1])  # fmt: skip
+    meta = tr.report_meta("tiny-sd1", folder, stats, None, quick=True)
+    runner = tr.Runner(sd1_pipe, Evaluator.load())
+    speed = tr.run_report(runner, clip, cfg, tmp_path / "speed", meta, parts=("speed",))
+    sampled = tr.run_report(runner, clip, cfg, tmp_path / "sampled", meta | {"device": "cuda"},
+                            parts=("prompts", "map"))  # fmt: skip
+    assert speed["parts"] == ["speed"] and "map" not in speed and "prompt_following" not in speed
+    assert set(sampled["timings_s"]) == {"prompt_following", "map", "total"} and "speed" not in sampled
+    assert not (tmp_path / "speed" / "map.csv").exists() and (tmp_path / "sampled" / "map.csv").exists()
+    speed_md = (tmp_path / "speed" / "readme_section.md").read_text()
+    assert "**Speed.**" in speed_md and "It follows prompts" not in speed_md
+    assert "sampled on cuda" in (tmp_path / "sampled" / "readme_section.md").read_text()
+
+    report = tr.main(["--render", str(tmp_path / "speed" / "report.json"), str(tmp_path / "sampled" / "report.json"),
+                      "--out", str(tmp_path / "merged")])  # fmt: skip
+    assert report["parts"] == ["speed", "prompts", "map"]
+    assert report["speed"] == speed["speed"] and report["map"] == sampled["map"]
+    assert report["sources"]["map"]["device"] == "cuda" and report["sources"]["speed"]["device"] == "cpu"
+    assert report["timings_s"]["total"] == pytest.approx(speed["timings_s"]["speed"] + sampled["timings_s"]["total"])
+    md = (tmp_path / "merged" / "readme_section.md").read_text()
+    assert "**Speed.**" in md and "It follows prompts" in md and "The switch step" in md and "map on cuda" in md
+    assert json.loads((tmp_path / "merged" / "report.json").read_text())["parts"] == report["parts"]
+
+    other = dict(sampled, model="another", model_info={"unet_mtime_utc": "2020-01-01 00:00 UTC"})
+    with pytest.raises(ValueError, match="different models"):
+        tr.merge_reports([speed, other])
+
+
+def test_speed_is_refused_off_the_cpu(tr, capsys):
+    with pytest.raises(SystemExit):
+        tr.main(["--device", "cuda", "--parts", "speed", "map"])
+    assert "speed bar is about this CPU" in capsys.readouterr().err
