@@ -199,3 +199,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 def config_dict(config) -> dict:
     """A config dataclass as JSON-friendly data (for the training report and model card)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def config_from_dict(config_class, data: dict):
+    """The inverse of :func:`config_dict` (lists back to tuples): how a checkpoint's model config is rebuilt."""
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -51,6 +51,7 @@ from .models import (
     clip_image_embeddings,
     clip_text_embeddings,
     config_dict,
+    config_from_dict,
     count_parameters,
     images_to_tensor,
     make_scheduler,
@@ -656,8 +657,8 @@ def train_unet(cfg: TrainConfig, run_dir: Path, data: SceneData, tokenizer) -> N
     latents = encode_latents(run_dir, data, cfg.device)  # (N, 4, 16, 16)
     state = stage.load()
     # A resumed run keeps the architecture it started with, even if the default has changed since.
-    unet_model = ToyUNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()}) \
-        if state and "model_config" in state else cfg.unet_model
+    unet_model = config_from_dict(ToyUNetConfig, state["model_config"]) if state and "model_config" in state \
+        else cfg.unet_model
     unet = unet_model.build().to(cfg.device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet.lr, weight_decay=cfg.unet.weight_decay)
@@ -722,9 +723,6 @@ def assemble(run_dir: Path, tokenizer=None, dtype=torch.float32):
 
     tokenizer = tokenizer or CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
 
-    def from_config(config_class, state):
-        return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()})
-
     def latest(name, config_class, model_class):
         """A finished stage's saved model, else its newest checkpoint (EMA weights if kept), else None."""
         stage_dir = run_dir / name
@@ -733,7 +731,7 @@ def assemble(run_dir: Path, tokenizer=None, dtype=torch.float32):
         if not (stage_dir / "checkpoint.pt").exists():
             return None
         state = torch.load(stage_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-        model = from_config(config_class, state).build()
+        model = config_from_dict(config_class, state["model_config"]).build()
         model.load_state_dict(state["ema"] if "ema" in state else state["model"])
         return model
 
