@@ -184,8 +184,8 @@ def mse_to_reference(edited: torch.Tensor, reference: torch.Tensor) -> torch.Ten
 def make_iteration(pipe, cond, tape, checkpoint: bool, guidance: float = 7.5):
     """(a function doing one optimisation iteration, the name of what it runs): the library's own iteration,
     disentkit.optimize.Objective (denoise with per-step checkpointing, decode, loss), then backward and an Adam step.
-    For a float16 model the loss is scaled before the backward, as optimize's GradScaler does, so that the
-    gradient does not underflow."""
+    For a float16 model the loss is scaled by a fixed factor before the backward so that the gradient does not
+    underflow (optimize adapts the factor with a GradScaler); a step whose gradient overflows is skipped."""
     from disentkit.optimize import Objective
 
     lam = dk.MixSchedule.switch(tape.steps, int(0.4 * tape.steps)).weights.to(pipe.unet.device).requires_grad_(True)
@@ -196,8 +196,12 @@ def make_iteration(pipe, cond, tape, checkpoint: bool, guidance: float = 7.5):
     def iteration():
         adam.zero_grad(set_to_none=True)
         (objective(lam)[0] * scale).backward()
+        grad = lam.grad / scale
+        if not torch.isfinite(grad).all():
+            return float("nan")  # an overflow: no step, and it counts as no gradient
+        lam.grad = grad
         adam.step()
-        return float(lam.grad.abs().sum())  # NaN (an overflow) counts as no gradient
+        return float(grad.abs().sum())
 
     return iteration, "disentkit.optimize.Objective"
 
@@ -382,6 +386,8 @@ def markdown(results: dict) -> str:
         f"{m['date']} · device {m['device']} · torch {m['torch']} · diffusers {m['diffusers']} · "
         f"{m['torch_threads']} torch thread(s) · times are {m['timing']} · model: {m['model']}",
         "",
+        *[f"Figure {k} is from an earlier run ({v['date']}, {v['device']})." for k, v in
+          m.get("figures_from_earlier_runs", {}).items()],
         "| # | figure | measured | goal | ok |",
         "|---|---|---|---|---|",
     ]
@@ -518,6 +524,14 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only and (out / "results.json").is_file():  # a partial run updates its figures, keeps the others
+        earlier = json.loads((out / "results.json").read_text())
+        kept = {k: v for k, v in earlier["figures"].items() if k not in figures}
+        results["figures"] = dict(sorted((kept | figures).items()))
+        results["meta"]["figures_from_earlier_runs"] = {
+            k: earlier["meta"].get("figures_from_earlier_runs", {}).get(k) or
+            {"date": earlier["meta"]["date"], "device": earlier["meta"]["device"]} for k in kept
+        }  # fmt: skip
     write_json_atomic(out / "results.json", json.loads(json.dumps(results, default=str)))
     table = markdown(results)
     write_text_atomic(out / "results.md", table)

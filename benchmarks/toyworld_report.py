@@ -31,6 +31,7 @@ reported), CLIP zero-shot >= 90% per factor, one image <= 1 s.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -591,14 +592,15 @@ def speed_text(speed: dict, cfg: dict) -> str:
     """The speed sentence; judged as in one_image_seconds (also for reports written before it said so)."""
     judged_on = speed.get("judged_on") or ("cpu" if speed["torch_threads"] == 1 else "wall")
     passed = speed[f"{judged_on}_s_median"] <= SECONDS_BAR
+    repeats = len(speed.get("cpu_s_all") or []) or cfg["speed_repeats"]
     if judged_on == "cpu":
         how = (f"{speed['cpu_s_median']:.2f} s on one CPU core (CPU time of a one-thread process, median of "
-               f"{cfg['speed_repeats']}; the wall time was {speed['wall_s_median']:.2f} s on this shared machine)")
+               f"{repeats}; the wall time was {speed['wall_s_median']:.2f} s on this shared machine)")
     else:
-        how = (f"{speed['wall_s_median']:.2f} s on the CPU (wall time, median of {cfg['speed_repeats']}, "
+        how = (f"{speed['wall_s_median']:.2f} s on the CPU (wall time, median of {repeats}, "
                f"{speed['torch_threads']} torch threads)")
     verdict = "within" if passed else "**over**"
-    text = (f"**Speed.** One {cfg['steps']}-step DDIM image with guidance (encode, sample, decode) takes {how}: "
+    text = (f"**Speed.** One {speed.get('steps', cfg['steps'])}-step DDIM image with guidance (encode, sample, decode) takes {how}: "
             f"{verdict} the bar of {SECONDS_BAR:.0f} s.")  # fmt: skip
     if "compiled" in speed:
         c = speed["compiled"]
@@ -700,6 +702,14 @@ def map_runtime_text(r: dict) -> str:
     ms_per_row = 1000 * r["cpu_s"]["map"] / m["unet_rows"]
     full = m.get("full_map_unet_rows") or full_map_rows(ReportConfig(steps=cfg["steps"], guidance=cfg["guidance"]))
     workers = max(1, r.get("workers", 1))
+    device = (r.get("sources") or {}).get("map", {}).get("device") or r.get("device", "cpu")
+    if device != "cpu":  # one process on an accelerator: wall time is what it cost
+        per_row = 1000 * r["timings_s"]["map"] / m["unet_rows"]
+        return (
+            f"Map runtime on {device}: {r['timings_s']['map']:.0f} s wall for {m['images']} images "
+            f"({m['unet_rows']} UNet rows; {m['unshared_rows']} without prefix sharing), {per_row:.2f} ms per UNet "
+            f"row (sampling, decoding and judging included); the full map is {full} UNet rows."
+        )
     return (
         f"Map runtime: {r['timings_s']['map']:.0f} s wall, {r['cpu_s']['map']:.0f} CPU s for {m['images']} images "
         f"({m['unet_rows']} UNet rows; {m['unshared_rows']} without prefix sharing), i.e. {ms_per_row:.1f} CPU ms "
@@ -767,6 +777,7 @@ def model_info(model: str) -> dict:
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if unet.is_file():
         info["unet_mtime_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unet.stat().st_mtime))
+        info["unet_sha256"] = hashlib.sha256(unet.read_bytes()).hexdigest()  # which weights, on any machine
     card = folder.parent / "README.md"
     if card.is_file():
         for line in card.read_text().splitlines():
@@ -881,13 +892,17 @@ def report_parts(r: dict) -> list[str]:
 
 def merge_reports(reports: list[dict]) -> dict:
     """One report from several that measured different parts of the same model (say the sampling parts on a GPU,
-    the speed bar on this CPU): each part comes from the last report that measured it, and ``sources`` says which
-    report gave which part. Two reports of different models refuse to merge."""
-    models = {r["model_info"].get("unet_mtime_utc", r["model"]) for r in reports}
+    the speed bar on this CPU): each part comes from the last report that measured it, and ``sources`` says where
+    and when each part was measured. Reports of different weights (by the UNet file's hash), or with different
+    step counts or guidance, refuse to merge."""
+    models = {r["model_info"].get("unet_sha256") or r["model"] for r in reports}
     if len(models) > 1:
-        raise ValueError(f"these reports measured different models ({sorted(models)}); merge reports of one model")
+        raise ValueError("these reports measured different models (UNet hashes differ); merge reports of one model")
+    settings = {(r["config"]["steps"], r["config"]["guidance"]) for r in reports}
+    if len(settings) > 1:
+        raise ValueError(f"these reports sampled with different (steps, guidance): {sorted(settings)}")
     merged = json.loads(json.dumps(reports[0]))
-    merged["sources"] = {}
+    merged.update(sources={}, timings_s={}, cpu_s={}, quick=any(r["quick"] for r in reports))
     for r in reports:
         for part in report_parts(r):
             for key in PART_KEYS[part]:
@@ -895,14 +910,19 @@ def merge_reports(reports: list[dict]) -> dict:
             timing = TIMING_KEYS[part]
             for field_ in ("timings_s", "cpu_s"):
                 if timing in r.get(field_, {}):
-                    merged.setdefault(field_, {})[timing] = r[field_][timing]
-            merged["config"] = r["config"] | merged["config"] if part == "speed" else merged["config"] | r["config"]
-            merged["sources"][part] = {"date": r["date"], "device": r.get("device", "cpu"),
-                                       "torch_threads": r["torch_threads"], "workers": r.get("workers", 1)}  # fmt: skip
+                    merged[field_][timing] = r[field_][timing]
+            if part != "speed":  # the sampling sizes; the speed part carries its own (steps, repeats)
+                merged["config"] = merged["config"] | r["config"]
+            merged["sources"][part] = (r.get("sources") or {}).get(part) or {
+                "date": r["date"], "device": r.get("device", "cpu"), "torch_threads": r["torch_threads"],
+                "workers": r.get("workers", 1)}  # fmt: skip
     merged["parts"] = [p for p in PARTS if p in merged["sources"]]
-    merged["timings_s"]["total"] = sum(v for k, v in merged["timings_s"].items() if k != "total")
-    if "speed" in merged["sources"]:
-        merged["torch_threads"] = merged["sources"]["speed"]["torch_threads"]  # what speed_text reads
+    merged["timings_s"]["total"] = sum(merged["timings_s"].values())
+    for part, key in (("map", "workers"), ("speed", "torch_threads")):  # what the map and speed texts read
+        if part in merged["sources"]:
+            merged[key] = merged["sources"][part][key]
+    if "map" in merged["sources"]:
+        merged["device"] = merged["sources"]["map"]["device"]
     return merged
 
 

@@ -109,7 +109,7 @@ def encode_image(pipe, image) -> torch.Tensor:
     """VAE-encode an image (anything :func:`load_image` reads) to latents (1, C, h, w) on the model's device.
 
     Uses the mean of the VAE's posterior (deterministic), scaled as :func:`disentkit.sampling.decode` expects.
-    A float16 VAE that overflows in float16 (``force_upcast``, SDXL's) encodes in float32.
+    SDXL's VAE, which overflows in half precision, encodes in float32 (as in diffusers' SDXL pipelines).
     """
     pixels = load_image(image, model_image_size(pipe))
     with vae_in_safe_precision(pipe) as vae:

@@ -13,6 +13,7 @@ import functools
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import DiffusionPipeline
@@ -163,19 +164,20 @@ def pipeline_dtype(pipe: DiffusionPipeline) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def vae_in_safe_precision(pipe: DiffusionPipeline):
+def vae_in_safe_precision(pipe: DiffusionPipeline) -> Iterator[torch.nn.Module]:
     """``with vae_in_safe_precision(pipe) as vae:`` the VAE to encode or decode with.
 
-    SDXL's VAE overflows in float16 (NaN images; its config says so with ``force_upcast``), so, as diffusers' own
-    pipelines do, such a VAE in float16 runs in float32: here a float32 copy for the call, with autocast off. The
-    pipeline's module is never changed behind the caller's back, and a gradient through the decode (optimize) sees
-    the weights it was computed with. Every other VAE is yielded as it is."""
+    SDXL's VAE overflows in half precision (NaN images; its config says so with ``force_upcast``). As diffusers'
+    SDXL pipelines do (and only those: SD 1.x/2.x decode in float16), such a VAE runs in float32 with autocast off;
+    a float16 one as a frozen float32 copy for the call, so the pipeline's module never changes behind the caller's
+    back and a gradient through the decode (optimize) sees the weights it was computed with. Every other VAE is
+    yielded as it is."""
     vae = pipe.vae
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        with torch.autocast(vae.device.type, enabled=False):
-            yield copy.deepcopy(vae).float()
-    else:
+    if not (hasattr(pipe, "text_encoder_2") and getattr(vae.config, "force_upcast", False)):
         yield vae
+        return
+    with torch.autocast(vae.device.type, enabled=False):
+        yield copy.deepcopy(vae).float().requires_grad_(False) if vae.dtype == torch.float16 else vae
 
 
 def latent_shape(pipe: DiffusionPipeline, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:

@@ -228,8 +228,8 @@ def denoise(
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode latents (R, C, h, w) to pixels (R, 3, H, W) in [0, 1]; differentiable. A float16 VAE that
-    overflows in float16 (``force_upcast``, SDXL's) decodes in float32 (see ``vae_in_safe_precision``)."""
+    """VAE-decode latents (R, C, h, w) to pixels (R, 3, H, W) in [0, 1]; differentiable. SDXL's VAE, which
+    overflows in half precision, decodes in float32 (see ``disentkit.pipeline.vae_in_safe_precision``)."""
     vae = pipe.vae
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:  # some SDXL-family VAEs normalise their latents per channel

@@ -189,12 +189,12 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_pipe_dir):
         dk.load_pipeline(tiny_pipe_dir, device="cuda")
 
 
-def _overflowing_fp16_vae_pipe(force_upcast: bool):
-    """A tiny SDXL-style pipeline whose float16 VAE overflows (as SDXL's real VAE does in float16): its first decoder
-    convolution is scaled up so that its activations pass float16's maximum (65504), but not float32's."""
+def _overflowing_fp16_vae_pipe(kind: str = "sdxl", force_upcast: bool = True):
+    """A tiny pipeline whose float16 VAE overflows (as SDXL's real VAE does in float16): its first convolutions are
+    scaled up so that their activations pass float16's maximum (65504), but not float32's."""
     from disentkit.testing import tiny_pipeline
 
-    pipe = tiny_pipeline("sdxl", seed=0)
+    pipe = tiny_pipeline(kind, seed=0)
     with torch.no_grad():
         pipe.vae.decoder.conv_in.weight.mul_(2e5)
         pipe.vae.encoder.conv_in.weight.mul_(2e5)
@@ -203,10 +203,10 @@ def _overflowing_fp16_vae_pipe(force_upcast: bool):
     return pipe
 
 
-def test_a_float16_vae_that_overflows_decodes_and_encodes_in_float32():
+def test_sdxl_float16_vae_that_overflows_decodes_and_encodes_in_float32():
     from disentkit.pipeline import vae_in_safe_precision
 
-    pipe = _overflowing_fp16_vae_pipe(force_upcast=True)
+    pipe = _overflowing_fp16_vae_pipe()
     z = torch.randn(2, 4, 8, 8, dtype=torch.float16)
     with torch.no_grad():
         naive = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
@@ -218,14 +218,30 @@ def test_a_float16_vae_that_overflows_decodes_and_encodes_in_float32():
     pixels.mean().backward()  # optimize's gradient goes through this decode
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     assert pipe.vae.dtype == torch.float16  # the pipeline's own module is left as it was
-    assert all(p.grad is None for p in pipe.vae.parameters())  # and gets no gradients
+    pipe.vae.requires_grad_(True)
+    with vae_in_safe_precision(pipe) as vae:
+        assert vae is not pipe.vae and vae.dtype == torch.float32
+        assert not any(p.requires_grad for p in vae.parameters())  # the copy is frozen: no weight gradients
+    pipe.vae.requires_grad_(False)
 
     image = (torch.rand(32, 32, 3) * 255).to(torch.uint8).numpy()
     latents = dk.encode_image(pipe, image)
     assert torch.isfinite(latents).all() and latents.dtype == pipe.unet.dtype
 
-    plain = _overflowing_fp16_vae_pipe(force_upcast=False)  # a VAE that does not ask for it runs as it is
-    with vae_in_safe_precision(plain) as vae:
-        assert vae is plain.vae
+    # Sampling decodes under inference mode: the float32 copy works there too.
+    cond = dk.encode(pipe, "a photo of a cat", "a photo of a cat, smiling")
+    tape = dk.NoiseTape.from_seed(pipe, 0, steps=2)
+    out = dk.sample(pipe, cond, dk.MixSchedule.constant(2, 0.0), tape, progress=False)
+    assert torch.isfinite(out.pixels).all()
+
+
+@pytest.mark.parametrize("kind, force_upcast", [("sdxl", False), ("sd1", True)])
+def test_other_float16_vaes_run_as_they_are(kind, force_upcast):
+    """Only SDXL-family pipelines upcast a VAE that asks for it, as in diffusers (SD 1.x decodes in float16)."""
+    from disentkit.pipeline import vae_in_safe_precision
+
+    pipe = _overflowing_fp16_vae_pipe(kind, force_upcast)
+    with vae_in_safe_precision(pipe) as vae:
+        assert vae is pipe.vae
     with torch.no_grad():
-        assert not torch.isfinite(dk.decode(plain, z.detach())).all()
+        assert not torch.isfinite(dk.decode(pipe, torch.randn(1, 4, 8, 8, dtype=torch.float16))).all()

@@ -205,9 +205,16 @@ def test_parts_measure_only_what_is_asked_and_merge_into_one_report(tr, sd1_pipe
     assert "**Speed.**" in md and "It follows prompts" in md and "The switch step" in md and "map on cuda" in md
     assert json.loads((tmp_path / "merged" / "report.json").read_text())["parts"] == report["parts"]
 
-    other = dict(sampled, model="another", model_info={"unet_mtime_utc": "2020-01-01 00:00 UTC"})
+    assert report["workers"] == 1 and "Map runtime on cuda" in (tmp_path / "merged" / "report.md").read_text()
+    again = tr.merge_reports([report, speed])  # a merged report merges again, keeping where each part was measured
+    assert again["sources"]["map"]["device"] == "cuda"
+
+    other = dict(sampled, model="another", model_info={"unet_sha256": "0" * 64})
     with pytest.raises(ValueError, match="different models"):
         tr.merge_reports([speed, other])
+    fewer_steps = dict(sampled, config=dict(sampled["config"], steps=25))
+    with pytest.raises(ValueError, match="steps, guidance"):
+        tr.merge_reports([speed, fewer_steps])
 
 
 def test_speed_is_refused_off_the_cpu(tr, capsys):

@@ -60,6 +60,8 @@ from .models import (
 from .tokenizer import MODEL_MAX_LENGTH, build_tokenizer
 
 STAGES = ("clip", "vae", "clip_text", "unet", "clip_vision")
+MODEL_OF_STAGE = {"clip": "clip_model", "clip_text": "clip_model", "clip_vision": "clip_model", "vae": "vae_model",
+                  "unet": "unet_model"}  # fmt: skip
 
 # Captions whose samples the report shows (one row each) and that the sanity check looks at.
 SAMPLE_CAPTIONS = (
@@ -782,6 +784,8 @@ def write_report(run_dir: Path, cfg: TrainConfig | None = None, sample_steps: in
             state = torch.load(run_dir / name / "checkpoint.pt", map_location="cpu", weights_only=False)
             entry.update(steps=state["step"], minutes=state["elapsed"] / 60, history=state["history"],
                          rounds=state.get("round", {}).get("index", 0) + 1)
+            if "model_config" in state:  # what was trained, which a resumed run keeps even if the default changed
+                report.setdefault("models", {})[MODEL_OF_STAGE[name]] = state["model_config"]
             hist = state["history"]
             if hist:
                 ax.plot([h["step"] for h in hist], [h["loss"] for h in hist])
