@@ -150,3 +150,12 @@ def test_factor_captions_differ_in_one_factor_only():
     captions = S.factor_captions(scene, "expression")
     assert captions == [f"a photo of a face, {e}" for e in S.EXPRESSIONS]
     assert [S.parse_caption(c)["kind"] for c in S.factor_captions(scene, "kind")] == list(S.KINDS)
+
+
+def test_default_budgets_leave_room_in_two_hours():
+    """The issue's budget: one run in 2 hours on 2 CPU cores. Stages run in three phases (clip || vae, clip_text,
+    unet || clip_vision); rendering, latent encoding, report and export took 3-4 minutes on 2026-11-26."""
+    cfg = TrainConfig(out="unused")
+    phases = [max(cfg.clip.minutes, cfg.vae.minutes), cfg.clip_text.minutes, max(cfg.unet.minutes, cfg.clip_vision.minutes)]
+    assert sum(phases) <= 110
+    assert cfg.unet.minutes >= cfg.clip_vision.minutes  # the UNet is the long pole; nothing waits on the vision tower
