@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,21 @@ TRAIN_SEED = 42  # the memory measurement's seed
 TRAIN_SEEDS = list(range(42, 50))  # one schedule is learned on all of them (the mean loss), as optimize() does
 UNSEEN_SEEDS = list(range(1000, 1016))
 TRANSFER_BAR = 0.8  # unseen seeds keep at least this share of the training seeds' gain
+STYLE_CONSTRAINT_WEIGHT = 10.0  # --enough start-each: weight of max(0, L_prompt - L_prompt of the start), per image
 MIN_GAIN = 0.005  # a training gain smaller than this (score points) is no gain whose transfer could be judged
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the optimiser is run for every pair: the objective, its weights, the step rule, which steps it learns."""
+
+    objective: str = "prompt"  # "prompt" (L_prompt + beta L_perc) or "paper" (L_dir + beta L_perc)
+    beta: float = 2.0
+    enough: float | str | None = None  # prompt loss hinge: a probability, "start", "start-each", or None
+    keep_content: float | None = None  # weight of max(0, L_perc - L_perc of the best switch), replacing beta L_perc
+    optimizer: str = "adam"  # "adam" (the paper's) or "tensorwise-adam"
+    lr: float = 0.05
+    learn_from_switch: bool = False  # learn only the steps from the best switch on; the c0 steps stay c0
 
 
 def settings(quick: bool) -> dict:
@@ -131,7 +146,7 @@ def style_alignment(clip, c0: str, c1: str, pixels: torch.Tensor, reference: tor
     return {name: float(pd.Series(v.float().cpu().numpy()).rank().corr(p)) for name, v in losses.items()}
 
 
-def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="prompt", enough=None, keep_content=None) -> dict:
+def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Recipe()) -> dict:
     steps = cfg["steps"]
     cond = dk.encode(pipe, c0, c1)
     train = dk.NoiseTape.from_seed(pipe, cfg["train"], steps=steps)
@@ -150,16 +165,23 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="pro
 
     # 2. optimise from the best switch
     t0 = time.perf_counter()
-    if enough == "start":  # the edit must stay at least as styled, in CLIP's eyes, as the switch it starts from
+    enough, style_floor = recipe.enough, None
+    if enough in ("start", "start-each"):  # stay at least as styled, in CLIP's eyes, as the switch it starts from
         with torch.no_grad():
-            start_loss = CLIPPromptLoss(clip, c1, ALTERNATIVES.get(c1, [c0]))(pixels[1 + best]).mean()
-        enough = float(torch.exp(-start_loss))  # CLIP's P(c1) on the start images (geometric mean)
-    terms = objective_terms(clip, c0, c1, objective, beta, enough)
-    if keep_content:  # no training image may lose content (L_perc) compared with the best switch it starts from
+            start_loss = CLIPPromptLoss(clip, c1, ALTERNATIVES.get(c1, [c0]))(pixels[1 + best])  # (seed,)
+        if enough == "start":
+            enough = float(torch.exp(-start_loss.mean()))  # CLIP's P(c1) on the start images (geometric mean)
+        else:  # every training image keeps its own start's P(c1)
+            enough, style_floor = None, start_loss
+    terms = objective_terms(clip, c0, c1, recipe.objective, recipe.beta, enough)
+    if style_floor is not None:  # a constraint rather than a wish: weighted far above the content term
+        terms["prompt"] = (STYLE_CONSTRAINT_WEIGHT, Hinge(terms["prompt"][1], style_floor))
+    if recipe.keep_content:  # no training image may lose content (L_perc) compared with the best switch it starts from
         with torch.no_grad():
             floor = CLIPPerceptualLoss(clip)(pixels[1 + best], reference)
-        terms["perc"] = (keep_content, Hinge(terms["perc"][1], floor))
+        terms["perc"] = (recipe.keep_content, Hinge(terms["perc"][1], floor))
     result = optimize(pipe, cond, reference_init(steps, best_k), train, losses=terms, iters=cfg["iters"],
+                      lr=recipe.lr, optimizer=recipe.optimizer, learn_steps=best_k if recipe.learn_from_switch else None,
                       progress=False)  # fmt: skip
     seconds = time.perf_counter() - t0
     learned = judge(evaluator, result.pixels, reference, target)
@@ -181,7 +203,7 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, objective="pro
         "c0": c0, "c1": c1, "target": f"{target[0]}={target[1]}", "best_switch": best_k,
         "switch_scores": {int(k): float(d["score"].mean()) for k, d in zip(cfg["switches"], per_switch)},
         "style_alignment": alignment,
-        "enough": enough,
+        "enough": enough if style_floor is None else "start-each",
         "train": train_summary,
         "unseen": {"switch": mean(switch_unseen), "learned": mean(learned_unseen), "gain": unseen_gain,
                    "learned_beats_switch_frac": float(np.mean(learned_unseen["score"] > switch_unseen["score"]))},
@@ -207,25 +229,25 @@ def _worker_init(weights: str, device: str) -> None:
 
 
 def _pair_job(job: tuple) -> dict:
-    (c0, c1, target), cfg, beta, objective, enough, keep_content = job
+    (c0, c1, target), cfg, recipe = job
     w = _WORKER
-    return pair_report(w["pipe"], w["clip"], w["evaluator"], c0, c1, target, cfg, beta, objective, enough, keep_content)
+    return pair_report(w["pipe"], w["clip"], w["evaluator"], c0, c1, target, cfg, recipe)
 
 
-def run_pairs(weights: Path, device: str, cfg: dict, beta, objective: str, enough, keep_content, jobs: int) -> list[dict]:
+def run_pairs(weights: Path, device: str, cfg: dict, recipe: Recipe, pairs: list, jobs: int) -> list[dict]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [(pair, cfg, beta, objective, enough, keep_content) for pair in PAIRS]
+    work = [(pair, cfg, recipe) for pair in pairs]
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch thread pool inherited from a fork
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(str(weights), device)) as pool:
-        pairs = []
+        done = []
         for p in pool.map(_pair_job, work):  # in PAIRS order, each as soon as it and those before it are done
             print(f"{p['c0']!r} -> {p['c1']!r}: best switch {p['best_switch']}, train score "
                   f"{p['train']['switch']['score']:.3f} -> {p['train']['learned']['score']:.3f}, unseen gain "
                   f"{p['unseen']['gain']:+.3f} ({p['optimize_seconds']} s)", flush=True)  # fmt: skip
-            pairs.append(p)
-    return pairs
+            done.append(p)
+    return done
 
 
 # ---- inversion ---------------------------------------------------------------------------------------------------
@@ -326,6 +348,8 @@ def objective_text(report: dict) -> str:
     enough = report.get("enough")
     if enough == "start":
         enough = ", stops pushing once CLIP's P(c1) is what it was on the best switch's images"
+    elif enough == "start-each":
+        enough = ", stops pushing once each training image's P(c1) is what it was on the best switch's image"
     else:
         enough = f", stops pushing at P(c1) >= {enough:g}" if enough else ""
     content = f"{beta:g} L_perc"
@@ -335,13 +359,20 @@ def objective_text(report: dict) -> str:
             f"{enough})")  # fmt: skip
 
 
+def step_rule_text(report: dict) -> str:
+    """E.g. "10 Adam iterations (lr 0.05)", "10 tensor-wise Adam iterations (lr 0.05), steps from the switch on"."""
+    name = {"adam": "Adam", "tensorwise-adam": "tensor-wise Adam"}[report.get("optimizer", "adam")]
+    where = ", learning only the steps from the best switch on" if report.get("learn_from_switch") else ""
+    return f"{report['settings']['iters']} {name} iterations (lr {report.get('lr', 0.05):g}){where}"
+
+
 def markdown(report: dict) -> str:
     cfg = report["settings"]
     pairs = report["pairs"]
     lines = [
         "# Learned lambdas vs the best single switch (toyworld)",
         "",
-        f"{cfg['steps']} DDIM steps, guidance 7.5, {cfg['iters']} Adam iterations (lr 0.05) on "
+        f"{cfg['steps']} DDIM steps, guidance 7.5, {step_rule_text(report)} on "
         f"{objective_text(report)}, keeping the lowest-loss iterate; one schedule learned on training seeds "
         f"{cfg['train']}, applied to {len(cfg['unseen'])} unseen seeds. "
         "Judge: the toyworld evaluator (not the CLIP the optimiser uses); reached = P(target) > 0.5; IoU = object "
@@ -386,6 +417,17 @@ def markdown(report: dict) -> str:
             a = p["style_alignment"]
             lines.append(f"| {p['c1']} | {a['dir']:+.2f} | {a['prompt']:+.2f} |")
     inv = report["inversion"]
+    if inv:
+        lines += inversion_markdown(inv)
+    mem = report["memory"]
+    if mem:
+        lines += memory_markdown(mem, report["device"])
+    lines += ["", f"Total time: {report['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def inversion_markdown(inv: dict) -> list[str]:
+    lines = []
     lines += ["", f"## Inversion ({inv['steps']} steps; PSNR of the replay vs the VAE round trip of the image)", "",
               "| method | guidance | mean dB | min dB | required | passed |", "|---|---|---|---|---|---|"]  # fmt: skip
     for method, s in inv["summary"].items():
@@ -393,8 +435,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {method} | {g} | {s['mean_psnr_vs_vae_db']:.1f} | {s['min_psnr_vs_vae_db']:.1f} | {s['required_db']:.0f} | {s['passed']} |")
     vae = np.mean([r["vae_round_trip_db"] for r in inv["rows"]])
     lines += ["", f"(The VAE round trip itself is {vae:.1f} dB from the rendered images.)", ""]
-    mem = report["memory"]
-    lines += [f"## Memory of one optimisation iteration ({mem[0]['steps']} steps, {report['device']})", "",
+    return lines
+
+
+def memory_markdown(mem: list[dict], device: str) -> list[str]:
+    lines = [f"## Memory of one optimisation iteration ({mem[0]['steps']} steps, {device})", "",
               "Each in a fresh subprocess: after loading the model and sampling the reference image, the kernel's "
               "resident-set peak (VmHWM) is reset to the current RSS; the iteration's extra peak is VmHWM after one "
               "forward + backward minus the RSS before it (the memory the iteration itself needs).",
@@ -406,8 +451,7 @@ def markdown(report: dict) -> str:
             continue
         extra = f" (CUDA peak {m['cuda_peak_allocated_mib']:.0f} MiB)" if "cuda_peak_allocated_mib" in m else ""
         lines.append(f"| {m['grad_checkpoint']} | {m['iteration_extra_peak_mib']:.0f}{extra} | {m['peak_rss_mib']:.0f} | {m['seconds']} |")
-    lines += ["", f"Total time: {report['seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
@@ -422,10 +466,20 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=None, help="weight of L_perc (default 2 for prompt, 0.05 for paper)")
     ap.add_argument("--enough", default="none",
                     help="prompt loss: stop pushing once CLIP's P(c1) >= this; 'start': CLIP's P(c1) on the best "
-                         "switch's images (keep that much style, buy content); 'none' (default): always push")
+                         "switch's images (keep that much style, buy content); 'start-each': every training image "
+                         f"keeps its own start's P(c1) (weight {STYLE_CONSTRAINT_WEIGHT:g}); 'none' (default): always push")
     ap.add_argument("--keep-content", type=float, default=None, metavar="WEIGHT",
                     help="replace beta L_perc by WEIGHT x max(0, L_perc - L_perc of the best switch), per training "
                          "image: buy style without losing content (e.g. 10)")  # fmt: skip
+    ap.add_argument("--optimizer", choices=["adam", "tensorwise-adam"], default="adam",
+                    help="adam (the paper's, default) or tensorwise-adam (one step scale for the whole schedule)")
+    ap.add_argument("--lr", type=float, default=0.05, help="the optimiser's step size (default: the paper's 0.05)")
+    ap.add_argument("--learn-from-switch", action="store_true",
+                    help="learn only the steps from the best switch on (the c0 steps that lay out the content stay c0)")
+    ap.add_argument("--pairs", nargs="+", type=int, default=None, metavar="I",
+                    help=f"only these pairs (0..{len(PAIRS) - 1}, in the table's order), for quick experiments")
+    ap.add_argument("--parts", nargs="+", choices=["pairs", "inversion", "memory"],
+                    default=["pairs", "inversion", "memory"], help="what to measure (default: all)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="pairs learned side by side, one process and one torch thread each (1: in this process)")
@@ -461,25 +515,27 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cfg = settings(args.quick)
     beta = args.beta if args.beta is not None else (2.0 if args.objective == "prompt" else 0.05)
-    enough = None if args.enough == "none" else args.enough if args.enough == "start" else float(args.enough)
+    enough = None if args.enough == "none" else args.enough if args.enough in ("start", "start-each") else float(args.enough)
+    recipe = Recipe(args.objective, beta, enough, args.keep_content, args.optimizer, args.lr, args.learn_from_switch)
+    chosen = [PAIRS[i] for i in args.pairs] if args.pairs is not None else PAIRS
     t0 = time.perf_counter()
     pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)
     clip = load_clip(args.weights / "clip", args.device)
-    if args.jobs > 1:
-        pairs = run_pairs(args.weights, args.device, cfg, beta, args.objective, enough, args.keep_content, args.jobs)
-    else:
-        pairs = []
-        for c0, c1, target in PAIRS:
+    pairs, inversion, memory = [], None, None
+    if "pairs" in args.parts and args.jobs > 1:
+        pairs = run_pairs(args.weights, args.device, cfg, recipe, chosen, args.jobs)
+    elif "pairs" in args.parts:
+        for c0, c1, target in chosen:
             print(f"{c0!r} -> {c1!r} ...", flush=True)
-            pairs.append(pair_report(pipe, clip, evaluator, c0, c1, target, cfg, beta, args.objective, enough,
-                                     args.keep_content))  # fmt: skip
-    print("inversion ...", flush=True)
-    inversion = inversion_report(pipe, cfg)
-    print("memory (two subprocesses) ...", flush=True)
-    memory = memory_report(args.weights, 50 if not args.quick else cfg["steps"], args.device, args.threads)
+            pairs.append(pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe))
+    if "inversion" in args.parts:
+        print("inversion ...", flush=True)
+        inversion = inversion_report(pipe, cfg)
+    if "memory" in args.parts:
+        print("memory (two subprocesses) ...", flush=True)
+        memory = memory_report(args.weights, 50 if not args.quick else cfg["steps"], args.device, args.threads)
 
-    report = {"settings": cfg, "quick": args.quick, "objective": args.objective, "beta": beta, "enough": enough, "keep_content": args.keep_content,
-              "device": args.device, "weights": str(args.weights),
+    report = {"settings": cfg, "quick": args.quick, **asdict(recipe), "device": args.device, "weights": str(args.weights),
               "pairs": pairs, "inversion": inversion, "memory": memory, "seconds": time.perf_counter() - t0}  # fmt: skip
     name = "optimize_report_quick" if args.quick else "optimize_report"
     write_json_atomic(args.out / f"{name}.json", report)

@@ -96,7 +96,8 @@ def cmd_disentangle(args) -> int:
     init = reference_init(args.steps, c0_steps=args.switch, late=args.late)
     result = optimize(
         pipe, cond, init, tape, iters=args.iters, lr=args.lr, beta=args.beta, guidance=args.guidance,
-        clip=_clip(args, pipe), checkpoint_dir=out / ".checkpoint", progress=not args.quiet,
+        clip=_clip(args, pipe), checkpoint_dir=out / ".checkpoint", optimizer=args.optimizer,
+        learn_steps=args.switch if args.learn_from_switch else None, progress=not args.quiet,
     )  # fmt: skip
     save_image(result.reference_images[0], out / "original.png")
     save_image(result.images[0], out / "edited.png")
@@ -209,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--beta", type=float, default=0.05, help="weight of the perceptual loss")
+    p.add_argument("--optimizer", choices=["adam", "tensorwise-adam"], default="adam",
+                   help="adam (the paper's) or tensorwise-adam (lambdas move in proportion to their gradients)")
+    p.add_argument("--learn-from-switch", action="store_true",
+                   help="learn only the steps from --switch on; the first --switch steps stay pure c0")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--eta", type=float, default=0.0)

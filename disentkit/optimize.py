@@ -202,6 +202,74 @@ def _autocast(pipe, amp: bool | torch.dtype):
     return torch.autocast("cuda", dtype=dtype)
 
 
+# ---- the step rule ---------------------------------------------------------------------------------------------
+class TensorwiseAdam(torch.optim.Optimizer):
+    """Adam with one second-moment estimate per tensor instead of one per element (the block-wise idea of
+    Adam-mini, Zhang et al. 2024, with the whole schedule as one block).
+
+    Why it matters here: plain Adam divides every lambda's gradient by its own running magnitude, so its first
+    step moves *every* lambda by ``lr`` whatever its gradient, and a lambda whose gradient is tiny noise (an early,
+    content-deciding step the style hardly depends on) drifts as far as the ones that matter. Sharing the scale
+    keeps Adam's step size (the root mean square step is about ``lr``) but moves each lambda in proportion to its
+    gradient, so steps that barely affect the loss stay where they started.
+    """
+
+    def __init__(self, params, lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros((), dtype=p.dtype, device=p.device)  # one per tensor
+                state["step"] += 1
+                t = float(state["step"])
+                state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).add_(p.grad.pow(2).mean(), alpha=1 - beta2)
+                m_hat = state["exp_avg"] / (1 - beta1**t)
+                v_hat = state["exp_avg_sq"] / (1 - beta2**t)
+                p.add_(m_hat / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
+        return loss
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "tensorwise-adam": TensorwiseAdam}
+
+
+def learn_mask(learn_steps, steps: int) -> torch.Tensor | None:
+    """``learn_steps`` (None, an int k = "steps k.. only", a slice, step indices or a bool mask) -> (N,) bool mask,
+    or None when every step is learned."""
+    if learn_steps is None:
+        return None
+    if isinstance(learn_steps, bool):
+        raise TypeError("learn_steps is a step index, a slice, a list of steps or a bool mask, not a bool.")
+    if isinstance(learn_steps, int):
+        learn_steps = slice(learn_steps, None)
+    mask = torch.zeros(steps, dtype=torch.bool)
+    if isinstance(learn_steps, slice):
+        mask[learn_steps] = True
+    else:
+        given = torch.as_tensor(learn_steps)
+        if given.dtype == torch.bool:
+            if given.shape != (steps,):
+                raise ValueError(f"a bool learn_steps mask needs {steps} entries (one per step), got {tuple(given.shape)}.")
+            mask = given.clone()
+        else:
+            if given.numel() and (given.min() < -steps or given.max() >= steps):
+                raise ValueError(f"learn_steps indices must lie in 0..{steps - 1}, got {given.tolist()}.")
+            mask[given.long()] = True
+    if not mask.any():
+        raise ValueError(f"learn_steps={learn_steps!r} leaves no step of {steps} to learn.")
+    return mask
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 def _save_checkpoint(
     folder: Path, config: dict, iteration: int, lam, adam, scaler, history: list[dict], best: dict | None
@@ -255,6 +323,8 @@ def optimize(
     checkpoint_dir: str | os.PathLike | None = None,
     callback: Callable[[OptimizeStep], None] | None = None,
     keep: str = "best",
+    optimizer: str = "adam",
+    learn_steps=None,
     progress: bool = True,
 ) -> OptimizeResult:
     """Learn the per-step weights of the styled prompt with Adam, starting from ``init_schedule``.
@@ -280,11 +350,20 @@ def optimize(
         keep: ``"best"`` returns the weights with the lowest loss among the start, every iterate and the final
             one (Adam with the paper's step size overshoots now and then; the loss of every iterate is computed
             anyway), ``"last"`` the final iterate, as the paper's reference code does.
+        optimizer: ``"adam"`` (the paper's) or ``"tensorwise-adam"`` (:class:`TensorwiseAdam`: one step scale for
+            the whole schedule, so lambdas move in proportion to their gradients and steps the loss hardly depends
+            on stay put).
+        learn_steps: which steps' weights are learned; the others keep their initial values. ``None``: all; an
+            int ``k``: steps ``k..N-1`` (e.g. the switch step, so the c0 steps that lay out the content stay
+            pure c0); or a slice, a list of step indices, or an (N,) bool mask.
         progress: show a progress bar.
     """
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', not {keep!r}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {optimizer!r}.")
     init_schedule.check_steps(tape.steps)
+    mask = learn_mask(learn_steps, tape.steps)
     tape.check(pipe)
     device = pipeline_device(pipe)
     if losses is None and clip is None:
@@ -294,7 +373,11 @@ def optimize(
 
     # The only tensor that ever requires a gradient.
     lam = init_schedule.weights.clone().to(device).requires_grad_(True)
-    adam = torch.optim.Adam([lam], lr=lr)
+    adam = OPTIMIZERS[optimizer]([lam], lr=lr)
+    if mask is not None:  # steps not learned get no gradient, so no optimiser ever moves them
+        frozen = ~mask.to(device)
+        frozen = frozen if lam.ndim == 1 else frozen[:, None]
+        lam.register_hook(lambda g: g.masked_fill(frozen, 0.0))
     # The backward runs in float16 under fp16 autocast and for a float16 model (SDXL in half precision, say): its
     # gradients underflow without loss scaling.
     fp16 = (isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16) or (
@@ -312,6 +395,8 @@ def optimize(
         "seeds": list(tape.seeds),
         "iters": int(iters),
         "lr": float(lr),
+        "optimizer": optimizer,
+        "learn_steps": mask.nonzero().flatten().tolist() if mask is not None else "all",
         "losses": {name: weight for name, (weight, _) in terms.items()},
         "init": {"label": init_schedule.label, "weights": init_schedule.weights.tolist()},
     }

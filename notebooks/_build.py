@@ -397,19 +397,23 @@ keep or raise it late (style).
         "iters = 10           # Adam iterations (the paper: ~10); multiplied by scale\n"
         "lr = 0.05\n"
         "beta = 0.05          # weight of the perceptual loss (the paper: 0.03-0.05)\n"
+        "optimizer = \"adam\"   # the paper's; \"tensorwise-adam\": each lambda moves in proportion to its gradient\n"
+        "learn_from_switch = False  # True: learn only the steps from the switch on, the first ones stay pure c0\n"
         "clip = None          # CLIP for the losses; None: the default for the model (toyworld: the toy CLIP)\n"
     )),
     setup_cell(),
     code("""
 from disentkit.optimize import optimize, reference_init
 
-init = reference_init(steps, notebooks.default_switch(model, steps))
+switch = notebooks.default_switch(model, steps)
+init = reference_init(steps, switch)
 live = widgets.LivePlot(x="iteration", title="loss per iteration")
 live
 """),
     code("""
 learned = optimize(pipe, cond, init, tape, iters=max(1, round(iters * scale)), lr=lr, beta=beta,
-                   guidance=guidance, clip=clip, progress=False,
+                   guidance=guidance, clip=clip, optimizer=optimizer,
+                   learn_steps=switch if learn_from_switch else None, progress=False,
                    callback=lambda s: live({"iteration": s.iteration, **s.losses}))
 learned.schedule.save(out / "learned_schedule.json")
 plotting.save_table(learned.history, out / "history.csv")

@@ -55,6 +55,17 @@ def test_disentangle_again_resumes_from_its_checkpoint(learned, capsys):
     np.testing.assert_allclose(after.loc[:1, "loss"], before.loc[:1, "loss"], rtol=0, atol=1e-7)  # not recomputed
 
 
+def test_disentangle_with_tensorwise_adam_learns_only_from_the_switch(tiny_pipe_dir, clip_dir, tmp_path):
+    argv = ["disentangle", "--c0", C0, "--c1", C1, "--switch", "1", "--steps", str(STEPS), "--iters", "2",
+            "--optimizer", "tensorwise-adam", "--learn-from-switch", "--model", str(tiny_pipe_dir),
+            "--clip", str(clip_dir), "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "out" / "schedule.json").read_text())["meta"]
+    assert meta["optimizer"] == "tensorwise-adam" and meta["learn_steps"] == list(range(1, STEPS))
+    history = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert (history["lambda_0"] == 0.0).all()  # the c0 step before the switch was not learned
+
+
 def test_transfer_reads_model_and_prompts_from_the_schedule(learned, clip_dir, tmp_path):
     out, _ = learned
     dest = tmp_path / "deep" / "transfer"

@@ -18,7 +18,9 @@ from disentkit.optimize import (
     CheckpointMismatchError,
     Objective,
     OptimizeStep,
+    TensorwiseAdam,
     as_loss_terms,
+    learn_mask,
     optimize,
     reference_init,
 )
@@ -155,11 +157,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_from_checkpoint_gives_the_uninterrupted_result(pipe, clip, setup, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "tensorwise-adam"])
+def test_resume_from_checkpoint_gives_the_uninterrupted_result(pipe, clip, setup, tmp_path, optimizer):
     cond, tape = setup
     terms = as_loss_terms(None, clip, cond)  # the paper's losses, built once and shared by the three runs
     init = reference_init(STEPS, c0_steps=1)
-    kwargs = dict(losses=terms, iters=3, lr=0.1, progress=False)
+    kwargs = dict(losses=terms, iters=3, lr=0.1, optimizer=optimizer, progress=False)
     whole = optimize(pipe, cond, init, tape, **kwargs)
 
     def stop_after_two(step):
@@ -177,6 +180,68 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(pipe, clip, setup
 
     with pytest.raises(CheckpointMismatchError, match="lr"):  # another optimisation must not resume this one
         optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, **{**kwargs, "lr": 0.2})
+
+
+def test_tensorwise_adam_moves_each_weight_in_proportion_to_its_gradient():
+    grad = torch.tensor([1.0, 0.01, 0.0, -0.5])
+    moved = {}
+    for name, make in [("adam", torch.optim.Adam), ("tensorwise", TensorwiseAdam)]:
+        w = torch.zeros(4, requires_grad=True)
+        opt = make([w], lr=0.1)
+        w.grad = grad.clone()
+        opt.step()
+        moved[name] = w.detach()
+    # Adam's first step is lr * sign(g): the weight with a 100x smaller gradient moves just as far.
+    torch.testing.assert_close(moved["adam"], torch.tensor([-0.1, -0.1, 0.0, 0.1]), rtol=0, atol=1e-6)
+    # Shared scale: -lr * g / rms(g), so the root mean square step is lr and the ratios of the gradient survive.
+    expected = -0.1 * grad / grad.pow(2).mean().sqrt()
+    torch.testing.assert_close(moved["tensorwise"], expected, rtol=1e-5, atol=1e-7)
+    assert moved["tensorwise"].pow(2).mean().sqrt() == pytest.approx(0.1, rel=1e-5)
+
+
+def test_tensorwise_adam_minimises_a_badly_scaled_quadratic():
+    scales = torch.tensor([10.0, 1.0, 0.1])
+    w = torch.ones(3, requires_grad=True)
+    opt = TensorwiseAdam([w], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = (scales * w.pow(2)).sum()
+        loss.backward()
+        opt.step()
+    assert float((scales * w.detach().pow(2)).sum()) < 0.1 * float(scales.sum())
+
+
+def test_learn_steps_keeps_the_other_steps_at_their_start(pipe, clip, setup):
+    cond, tape = setup
+    init = reference_init(STEPS, c0_steps=1)
+    result = optimize(pipe, cond, init, tape, iters=3, lr=0.1, clip=clip, learn_steps=1, keep="last", progress=False)
+    h = result.history
+    assert (h["lambda_0"] == 0.0).all(), "step 0 is not learned: it must stay pure c0"
+    assert (h["lambda_1"] != 1.0).any() or (h["lambda_2"] != 1.0).any(), "the learned steps should move"
+    assert result.schedule.weights[0] == 0.0
+    assert result.schedule.meta["learn_steps"] == [1, 2] and result.schedule.meta["optimizer"] == "adam"
+
+
+def test_learn_mask_forms_and_errors():
+    assert learn_mask(None, 4) is None
+    assert learn_mask(2, 4).tolist() == [False, False, True, True]
+    assert learn_mask(slice(1, 3), 4).tolist() == [False, True, True, False]
+    assert learn_mask([0, 3], 4).tolist() == [True, False, False, True]
+    assert learn_mask(torch.tensor([True, False, True, False]), 4).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="no step"):
+        learn_mask(4, 4)
+    with pytest.raises(ValueError, match="0..3"):
+        learn_mask([5], 4)
+    with pytest.raises(ValueError, match="4 entries"):
+        learn_mask(torch.tensor([True, False]), 4)
+    with pytest.raises(TypeError, match="not a bool"):
+        learn_mask(True, 4)
+
+
+def test_unknown_optimizer_is_refused(pipe, clip, setup):
+    cond, tape = setup
+    with pytest.raises(ValueError, match="tensorwise-adam"):
+        optimize(pipe, cond, reference_init(STEPS, 1), tape, iters=1, clip=clip, optimizer="sgd", progress=False)
 
 
 def test_schedule_of_the_wrong_length_is_refused(pipe, clip, setup):

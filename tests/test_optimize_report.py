@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,17 @@ def test_verdicts(opt_report):
     assert opt_report.verdicts(tiny, unseen_gain=0.05)["transfer_share"] is None
 
 
-@pytest.mark.parametrize("objective", ["prompt", "paper"])
-def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective):
+@pytest.mark.parametrize(
+    "objective, optimizer, from_switch", [("prompt", "adam", False), ("paper", "adam", False), ("prompt", "tensorwise-adam", True)]
+)
+def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimizer, from_switch):
     clip = load_clip(save_tiny_clip(tmp_path / "clip"))
     cfg = dict(steps=3, iters=1, switches=[1, 2], train=[42, 43], unseen=[1000, 1001], scenes=1)
     c0, c1, target = opt_report.PAIRS[1]
-    row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, beta=0.05, objective=objective)
+    recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch)
+    row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, recipe)
+    if from_switch:  # the c0 steps before the switch were not learned
+        assert row["lambdas"][: row["best_switch"]] == [0.0] * row["best_switch"]
     assert set(row["style_alignment"]) == {"dir", "prompt"}
     assert all(math.isnan(v) or -1 <= v <= 1 for v in row["style_alignment"].values())  # NaN: a constant judge
     assert row["kept_iteration"] in (0, 1) and row["loss_kept"] <= row["loss_first"]
@@ -64,8 +70,13 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective):
             assert 0 <= values["reached"] <= 1 and 0 <= values["iou"] <= 1 and 0 <= values["score"] <= 1
     assert len(row["lambdas"]) == 3
     assert set(row["verdict"]) == {"reaches_as_often", "keeps_iou", "beats_switch", "transfer_share", "transfers"}
-    md = opt_report.markdown({"settings": cfg, "beta": 0.05, "objective": objective, "pairs": [row], "device": "cpu", "seconds": 1.0,
+    md = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
                               "inversion": {"steps": 3, "rows": [], "summary": {}},
                               "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x\nskipped"}]})
     assert "best switch" in md and "of 1 pairs" in md and "rank correlation" in md
     assert ("L_prompt + 0.05 L_perc" if objective == "prompt" else "L_dir + 0.05 L_perc") in md
+    assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
+    assert ("only the steps from the best switch on" in md) == from_switch
+    # A report of some parts only renders too.
+    assert "Inversion" not in opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu",
+                                                   "seconds": 1.0, "inversion": None, "memory": None})
