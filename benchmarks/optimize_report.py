@@ -40,7 +40,6 @@ import disentkit as dk  # noqa: E402
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
 from disentkit.inversion import encode_image, invert  # noqa: E402
 from disentkit.losses import (  # noqa: E402
-    CLIPPerceptualLoss,
     CLIPPromptLoss,
     DirectionalCLIPLoss,
     Hinge,
@@ -49,7 +48,7 @@ from disentkit.losses import (  # noqa: E402
     prompt_losses,
     psnr,
 )
-from disentkit.optimize import Objective, as_loss_terms, optimize, reference_init  # noqa: E402
+from disentkit.optimize import OPTIMIZERS, Objective, as_loss_terms, optimize, reference_init  # noqa: E402
 from disentkit.pipeline import toyworld_dir  # noqa: E402
 
 # (c0, c1, (factor, value) the edit should reach)
@@ -88,6 +87,11 @@ class Recipe:
     optimizer: str = "adam"  # "adam" (the paper's) or "tensorwise-adam"
     lr: float = 0.05
     learn_from_switch: bool = False  # learn only the steps from the best switch on; the c0 steps stay c0
+    content: str = "perc"  # the prompt objective's content term: "perc" (CLIP features) or "struct" (self-similarity)
+
+    def __post_init__(self):
+        if self.objective == "paper" and (self.enough is not None or self.content != "perc"):
+            raise ValueError("enough and content apply to the prompt objective only; the paper's is L_dir + beta L_perc")
 
 
 def settings(quick: bool) -> dict:
@@ -124,12 +128,12 @@ def verdicts(train: dict, unseen_gain: float) -> dict:
     }
 
 
-def objective_terms(clip, c0: str, c1: str, objective: str, beta: float, enough: float | None) -> dict:
+def objective_terms(clip, c0: str, c1: str, objective: str, beta: float, enough: float | None, content="perc") -> dict:
     """The loss terms the optimiser uses: the paper's L_dir + beta L_perc, or the prompt loss (c1 against the
-    attribute's other values) + beta L_perc."""
+    attribute's other values) + beta times the content term (L_perc or L_struct)."""
     if objective == "paper":
         return paper_losses(clip, c0, c1, beta)
-    return prompt_losses(clip, c0, c1, ALTERNATIVES.get(c1, [c0]), beta, enough)
+    return prompt_losses(clip, c0, c1, ALTERNATIVES.get(c1, [c0]), beta, enough, content)
 
 
 def style_alignment(clip, c0: str, c1: str, pixels: torch.Tensor, reference: torch.Tensor, style: np.ndarray) -> dict:
@@ -173,13 +177,14 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
             enough = float(torch.exp(-start_loss.mean()))  # CLIP's P(c1) on the start images (geometric mean)
         else:  # every training image keeps its own start's P(c1)
             enough, style_floor = None, start_loss
-    terms = objective_terms(clip, c0, c1, recipe.objective, recipe.beta, enough)
+    terms = objective_terms(clip, c0, c1, recipe.objective, recipe.beta, enough, recipe.content)
     if style_floor is not None:  # a constraint rather than a wish: weighted far above the content term
         terms["prompt"] = (STYLE_CONSTRAINT_WEIGHT, Hinge(terms["prompt"][1], style_floor))
-    if recipe.keep_content:  # no training image may lose content (L_perc) compared with the best switch it starts from
+    if recipe.keep_content:  # no training image may lose content compared with the best switch it starts from
+        name = "struct" if "struct" in terms else "perc"
         with torch.no_grad():
-            floor = CLIPPerceptualLoss(clip)(pixels[1 + best], reference)
-        terms["perc"] = (recipe.keep_content, Hinge(terms["perc"][1], floor))
+            floor = terms[name][1](pixels[1 + best], reference)
+        terms[name] = (recipe.keep_content, Hinge(terms[name][1], floor))
     result = optimize(pipe, cond, reference_init(steps, best_k), train, losses=terms, iters=cfg["iters"],
                       lr=recipe.lr, optimizer=recipe.optimizer, learn_steps=best_k if recipe.learn_from_switch else None,
                       progress=False)  # fmt: skip
@@ -211,6 +216,7 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
         "loss_first": float(result.history["loss"].iloc[0]),
         "loss_kept": float(result.history["loss"][result.history["iteration"] == result.best_iteration].iloc[-1]),
         "kept_iteration": int(result.best_iteration),
+        "optimizer": result.schedule.meta["optimizer"], "learn_steps": result.schedule.meta["learn_steps"],
         "lambdas": [round(float(w), 4) for w in result.schedule.weights],
         "optimize_seconds": round(seconds, 1),
     }  # fmt: skip
@@ -349,28 +355,41 @@ def objective_text(report: dict) -> str:
     if enough == "start":
         enough = ", stops pushing once CLIP's P(c1) is what it was on the best switch's images"
     elif enough == "start-each":
-        enough = ", stops pushing once each training image's P(c1) is what it was on the best switch's image"
+        enough = (f"; as a floor only: {STYLE_CONSTRAINT_WEIGHT:g} max(0, L_prompt - L_prompt of the best switch) per "
+                  "training image, so no image may lose CLIP's P(c1), and none is pushed past it")
     else:
         enough = f", stops pushing at P(c1) >= {enough:g}" if enough else ""
-    content = f"{beta:g} L_perc"
+    term = "L_struct" if report.get("content") == "struct" else "L_perc"
+    content = f"{beta:g} {term}"
     if report.get("keep_content"):
-        content = f"{report['keep_content']:g} max(0, L_perc - L_perc of the best switch, per image)"
+        content = f"{report['keep_content']:g} max(0, {term} - {term} of the best switch, per image)"
     return (f"L_prompt + {content} (toy CLIP; L_prompt = -log P(c1) among the attribute's other values"
             f"{enough})")  # fmt: skip
 
 
 def step_rule_text(report: dict) -> str:
-    """E.g. "10 Adam iterations (lr 0.05)", "10 tensor-wise Adam iterations (lr 0.05), steps from the switch on"."""
+    """E.g. "10 Adam iterations (lr 0.05)" or "10 tensor-wise Adam iterations (lr 0.05), learning only the steps
+    from the best switch on"."""
     name = {"adam": "Adam", "tensorwise-adam": "tensor-wise Adam"}[report.get("optimizer", "adam")]
     where = ", learning only the steps from the best switch on" if report.get("learn_from_switch") else ""
     return f"{report['settings']['iters']} {name} iterations (lr {report.get('lr', 0.05):g}){where}"
 
 
 def markdown(report: dict) -> str:
-    cfg = report["settings"]
-    pairs = report["pairs"]
+    lines = ["# Learned lambdas vs the best single switch (toyworld)"]
+    if report["pairs"]:
+        lines += pairs_markdown(report)
+    if report["inversion"]:
+        lines += inversion_markdown(report["inversion"])
+    if report["memory"]:
+        lines += memory_markdown(report["memory"], report["device"])
+    lines += ["", f"Total time: {report['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def pairs_markdown(report: dict) -> list[str]:
+    cfg, pairs = report["settings"], report["pairs"]
     lines = [
-        "# Learned lambdas vs the best single switch (toyworld)",
         "",
         f"{cfg['steps']} DDIM steps, guidance 7.5, {step_rule_text(report)} on "
         f"{objective_text(report)}, keeping the lowest-loss iterate; one schedule learned on training seeds "
@@ -402,10 +421,11 @@ def markdown(report: dict) -> str:
     beats = sum(p["verdict"]["beats_switch"] for p in pairs)
     ties = sum(p["verdict"]["beats_switch"] and p.get("kept_iteration") == 0 for p in pairs)
     with_gain = [p for p in pairs if p["verdict"]["transfers"] is not None]
+    bar = f"bar: all {len(PAIRS)}" if len(pairs) == len(PAIRS) else f"only {len(pairs)} of the {len(PAIRS)} pairs measured"
     lines += [
         "",
         f"Learned schedule reaches the target at least as often as the best switch and keeps at least its mask IoU: "
-        f"**{beats} of {len(pairs)} pairs** (bar: 5; {ties} of them only because the optimiser kept its start). "
+        f"**{beats} of {len(pairs)} pairs** ({bar}; {ties} of them only because the optimiser kept its start). "
         f"Pairs with a training gain (>= {MIN_GAIN} score) whose unseen seeds keep >= {TRANSFER_BAR:.0%} of it: "
         f"**{sum(p['verdict']['transfers'] for p in with_gain)} of {len(with_gain)}**.",
     ]
@@ -416,14 +436,7 @@ def markdown(report: dict) -> str:
         for p in pairs:
             a = p["style_alignment"]
             lines.append(f"| {p['c1']} | {a['dir']:+.2f} | {a['prompt']:+.2f} |")
-    inv = report["inversion"]
-    if inv:
-        lines += inversion_markdown(inv)
-    mem = report["memory"]
-    if mem:
-        lines += memory_markdown(mem, report["device"])
-    lines += ["", f"Total time: {report['seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def inversion_markdown(inv: dict) -> list[str]:
@@ -468,15 +481,18 @@ def main(argv=None) -> int:
                     help="prompt loss: stop pushing once CLIP's P(c1) >= this; 'start': CLIP's P(c1) on the best "
                          "switch's images (keep that much style, buy content); 'start-each': every training image "
                          f"keeps its own start's P(c1) (weight {STYLE_CONSTRAINT_WEIGHT:g}); 'none' (default): always push")
+    ap.add_argument("--content", choices=["perc", "struct"], default="perc",
+                    help="prompt objective's content term: perc (CLIP feature distance, default) or struct (CLIP "
+                         "self-similarity: the layout, blind to colour and texture)")
     ap.add_argument("--keep-content", type=float, default=None, metavar="WEIGHT",
                     help="replace beta L_perc by WEIGHT x max(0, L_perc - L_perc of the best switch), per training "
                          "image: buy style without losing content (e.g. 10)")  # fmt: skip
-    ap.add_argument("--optimizer", choices=["adam", "tensorwise-adam"], default="adam",
+    ap.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                     help="adam (the paper's, default) or tensorwise-adam (one step scale for the whole schedule)")
     ap.add_argument("--lr", type=float, default=0.05, help="the optimiser's step size (default: the paper's 0.05)")
     ap.add_argument("--learn-from-switch", action="store_true",
                     help="learn only the steps from the best switch on (the c0 steps that lay out the content stay c0)")
-    ap.add_argument("--pairs", nargs="+", type=int, default=None, metavar="I",
+    ap.add_argument("--pairs", nargs="+", type=int, default=None, metavar="I", choices=range(len(PAIRS)),
                     help=f"only these pairs (0..{len(PAIRS) - 1}, in the table's order), for quick experiments")
     ap.add_argument("--parts", nargs="+", choices=["pairs", "inversion", "memory"],
                     default=["pairs", "inversion", "memory"], help="what to measure (default: all)")
@@ -515,8 +531,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cfg = settings(args.quick)
     beta = args.beta if args.beta is not None else (2.0 if args.objective == "prompt" else 0.05)
+    if args.objective == "paper" and (args.enough != "none" or args.content != "perc"):
+        ap.error("--enough and --content apply to the prompt objective only")
     enough = None if args.enough == "none" else args.enough if args.enough in ("start", "start-each") else float(args.enough)
-    recipe = Recipe(args.objective, beta, enough, args.keep_content, args.optimizer, args.lr, args.learn_from_switch)
+    recipe = Recipe(args.objective, beta, enough, args.keep_content, args.optimizer, args.lr, args.learn_from_switch,
+                    args.content)
     chosen = [PAIRS[i] for i in args.pairs] if args.pairs is not None else PAIRS
     t0 = time.perf_counter()
     pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)
@@ -538,6 +557,8 @@ def main(argv=None) -> int:
     report = {"settings": cfg, "quick": args.quick, **asdict(recipe), "device": args.device, "weights": str(args.weights),
               "pairs": pairs, "inversion": inversion, "memory": memory, "seconds": time.perf_counter() - t0}  # fmt: skip
     name = "optimize_report_quick" if args.quick else "optimize_report"
+    if args.pairs is not None or set(args.parts) != {"pairs", "inversion", "memory"}:
+        name += "_partial"  # an experiment on some pairs or parts never overwrites the full report
     write_json_atomic(args.out / f"{name}.json", report)
     write_text_atomic(args.out / f"{name}.md", markdown(report))
     print(markdown(report))

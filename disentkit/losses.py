@@ -8,6 +8,9 @@ The paper (Wu et al., CVPR 2023) optimises ``L = L_dir + beta * L_perc``:
   (several layers, unit-normalised per token, as LPIPS does with VGG features), so the content stays;
 - :class:`LPIPSLoss`: the real LPIPS, only if the optional ``lpips`` package is installed.
 
+A content term beyond the paper, :class:`CLIPStructureLoss`: the layout alone (which patches resemble which, as in
+Splice), so that recolouring the object does not count as losing it.
+
 And one style loss beyond the paper, :class:`CLIPPromptLoss`: the cross-entropy of CLIP's zero-shot choice of the
 styled prompt among alternatives ("smiling" vs "neutral", "frowning"). It saturates once the style is there, so
 the content term takes over; on toyworld it tracks the evaluator's judgement of the style far better than the
@@ -207,6 +210,38 @@ class CLIPPerceptualLoss:
         return torch.stack(distances).mean(0)  # (R,)
 
 
+class CLIPStructureLoss:
+    """Layout distance that ignores appearance: do the same patches resemble each other in both images?
+
+    Per layer, the cosine self-similarity matrix of the patch tokens (class token left out), ``(R, L, L)``; the
+    loss is the mean squared difference between the edited and the reference matrices, averaged over ``layers``.
+    Recolouring an object, texturing it or darkening the background leaves "which patches belong together"
+    nearly unchanged, while moving or reshaping the object changes it, so this term keeps the content without
+    fighting the style the way a feature distance such as :class:`CLIPPerceptualLoss` does. The idea is Splice's
+    structure loss (Tumanyan et al., CVPR 2022: self-similarity of DINO-ViT keys); here with any CLIP vision tower.
+    ``layers`` default: every block's output. 0 means the same layout.
+    """
+
+    def __init__(self, clip: Clip, layers: Sequence[int] | None = None):
+        self.clip = clip
+        if layers is None:
+            layers = range(1, clip.model.config.vision_config.num_hidden_layers + 1)
+        self.layers = list(layers)
+        self._reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    def similarities(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        hidden = self.clip.image_forward(pixels)[1]
+        tokens = [F.normalize(hidden[k][:, 1:].float(), dim=-1) for k in self.layers]  # patches only: (R, L, D)
+        return [t @ t.transpose(1, 2) for t in tokens]  # each (R, L, L), cosines in [-1, 1]
+
+    def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if self._reference is None or self._reference[0] is not reference:
+            with torch.no_grad():
+                self._reference = (reference, self.similarities(reference))
+        distances = [(a - b).pow(2).flatten(1).mean(1) for a, b in zip(self.similarities(edited), self._reference[1])]
+        return torch.stack(distances).mean(0)  # (R,)
+
+
 class LPIPSLoss:
     """LPIPS (Zhang et al. 2018) from the optional ``lpips`` package; its VGG/AlexNet weights must be available."""
 
@@ -272,20 +307,27 @@ def prompt_losses(
     alternatives: Sequence[str] | None = None,
     beta: float = 2.0,
     enough: float | None = None,
+    content: str = "perc",
 ) -> dict[str, tuple[float, Loss]]:
     """``{"prompt": (1, L_prompt), "perc": (beta, L_perc)}``: :class:`CLIPPromptLoss` (alternatives default to
     ``[c0_text]``) with the perceptual content loss. The prompt loss is near 0 once the style is reached, so the
     content term needs a larger weight than in the paper's objective (2 rather than 0.05) to be heard.
 
     ``enough``: a probability at which the style counts as reached (e.g. 0.9): the prompt term becomes
-    ``Hinge(L_prompt, -log enough)`` and stops pushing once CLIP is that sure, so the content term alone acts."""
+    ``Hinge(L_prompt, -log enough)`` and stops pushing once CLIP is that sure, so the content term alone acts.
+
+    ``content``: ``"perc"`` (:class:`CLIPPerceptualLoss`, the paper's kind of content term) or ``"struct"``
+    (:class:`CLIPStructureLoss`: the layout only, blind to colour and texture); the term keeps its name."""
     alternatives = list(alternatives) if alternatives is not None else [c0_text]
     prompt: Loss = CLIPPromptLoss(clip, c1_text, alternatives)
     if enough is not None:
         if not 0 < enough < 1:
             raise ValueError(f"enough is a probability in (0, 1), got {enough}.")
         prompt = Hinge(prompt, -math.log(enough))
-    return {"prompt": (1.0, prompt), "perc": (float(beta), CLIPPerceptualLoss(clip))}
+    contents = {"perc": CLIPPerceptualLoss, "struct": CLIPStructureLoss}
+    if content not in contents:
+        raise ValueError(f"content is 'perc' or 'struct', not {content!r}.")
+    return {"prompt": (1.0, prompt), content: (float(beta), contents[content](clip))}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

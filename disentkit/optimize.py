@@ -16,6 +16,7 @@ activation of every step. Loss networks are built once, before the loop; one dec
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,8 @@ class OptimizeResult:
         schedule: the learned :class:`MixSchedule`; its ``meta`` says model, prompts, scheduler, steps, guidance.
         images, pixels: the final edited images (PIL list and (R, 3, H, W) in [0, 1]) with the learned schedule.
         reference_images, reference_pixels: the pure-c0 images with the same noise (lambda = 0 everywhere).
-        history: one row per iteration: ``iteration``, ``loss``, one column per loss term, ``grad_norm`` and
+        history: one row per iteration: ``iteration``, ``loss``, one column per loss term, ``grad_norm`` (of the
+            learned steps' weights) and
             ``lambda_0`` ... ``lambda_{N-1}``. The last row (``iteration == iters``) is the final Adam iterate.
         best_iteration: the history row whose weights ``schedule`` holds: the lowest loss seen with
             ``keep="best"`` (0 means the start was never beaten), ``iters`` with ``keep="last"``.
@@ -210,12 +212,16 @@ class TensorwiseAdam(torch.optim.Optimizer):
     Why it matters here: plain Adam divides every lambda's gradient by its own running magnitude, so its first
     step moves *every* lambda by ``lr`` whatever its gradient, and a lambda whose gradient is tiny noise (an early,
     content-deciding step the style hardly depends on) drifts as far as the ones that matter. Sharing the scale
-    keeps Adam's step size (the root mean square step is about ``lr``) but moves each lambda in proportion to its
-    gradient, so steps that barely affect the loss stay where they started.
+    keeps Adam's step size (the root mean square step over the learned entries is about ``lr``) but moves each
+    lambda in proportion to its gradient, so steps that barely affect the loss stay where they started.
+
+    A param group may carry a bool ``mask`` (broadcastable to its tensors): the entries that are learned. The
+    shared scale is the mean square gradient over those entries only, so freezing steps does not enlarge the step
+    of the others.
     """
 
     def __init__(self, params, lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, mask=None))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -232,8 +238,11 @@ class TensorwiseAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros((), dtype=p.dtype, device=p.device)  # one per tensor
                 state["step"] += 1
                 t = float(state["step"])
+                square = p.grad.pow(2)
+                if group["mask"] is not None:
+                    square = square[torch.broadcast_to(group["mask"].to(p.device), p.shape)]
                 state["exp_avg"].lerp_(p.grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).add_(p.grad.pow(2).mean(), alpha=1 - beta2)
+                state["exp_avg_sq"].mul_(beta2).add_(square.mean(), alpha=1 - beta2)
                 m_hat = state["exp_avg"] / (1 - beta1**t)
                 v_hat = state["exp_avg_sq"] / (1 - beta2**t)
                 p.add_(m_hat / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
@@ -243,15 +252,27 @@ class TensorwiseAdam(torch.optim.Optimizer):
 OPTIMIZERS = {"adam": torch.optim.Adam, "tensorwise-adam": TensorwiseAdam}
 
 
+class LearnStepsError(DisentkitError, ValueError):
+    """``learn_steps`` names no step, a step the sampler does not have, or is not a step index, slice or mask."""
+
+
 def learn_mask(learn_steps, steps: int) -> torch.Tensor | None:
     """``learn_steps`` (None, an int k = "steps k.. only", a slice, step indices or a bool mask) -> (N,) bool mask,
     or None when every step is learned."""
     if learn_steps is None:
         return None
     if isinstance(learn_steps, bool):
-        raise TypeError("learn_steps is a step index, a slice, a list of steps or a bool mask, not a bool.")
-    if isinstance(learn_steps, int):
-        learn_steps = slice(learn_steps, None)
+        raise LearnStepsError("learn_steps is a step index, a slice, a list of steps or a bool mask, not a bool.")
+    try:  # any integer (int, numpy int, 0-d tensor): "steps k..N-1"
+        first = operator.index(learn_steps)
+    except TypeError:
+        first = None
+    if first is not None:
+        if not 0 <= first < steps:
+            raise LearnStepsError(
+                f"learn_steps={first} would learn steps {first}..{steps - 1}; give a step in 0..{steps - 1}."
+            )
+        learn_steps = slice(first, None)
     mask = torch.zeros(steps, dtype=torch.bool)
     if isinstance(learn_steps, slice):
         mask[learn_steps] = True
@@ -259,15 +280,19 @@ def learn_mask(learn_steps, steps: int) -> torch.Tensor | None:
         given = torch.as_tensor(learn_steps)
         if given.dtype == torch.bool:
             if given.shape != (steps,):
-                raise ValueError(f"a bool learn_steps mask needs {steps} entries (one per step), got {tuple(given.shape)}.")
+                raise LearnStepsError(
+                    f"a bool learn_steps mask needs {steps} entries (one per step), got {tuple(given.shape)}."
+                )
             mask = given.clone()
         else:
-            if given.numel() and (given.min() < -steps or given.max() >= steps):
-                raise ValueError(f"learn_steps indices must lie in 0..{steps - 1}, got {given.tolist()}.")
+            if given.is_floating_point() or given.is_complex():
+                raise LearnStepsError(f"learn_steps indices must be integers, got {given.tolist()}.")
+            if given.numel() and (given.min() < 0 or given.max() >= steps):
+                raise LearnStepsError(f"learn_steps indices must lie in 0..{steps - 1}, got {given.tolist()}.")
             mask[given.long()] = True
     if not mask.any():
-        raise ValueError(f"learn_steps={learn_steps!r} leaves no step of {steps} to learn.")
-    return mask
+        raise LearnStepsError(f"learn_steps={learn_steps!r} leaves no step of {steps} to learn.")
+    return None if mask.all() else mask
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
@@ -297,6 +322,9 @@ def _load_checkpoint(folder: Path, config: dict) -> dict | None:
         raise CheckpointMismatchError(
             f"{path} is not a disentkit optimisation checkpoint (format {state.get('format')!r})."
         )
+    # Checkpoints from before these options existed were made with Adam on every step.
+    state["config"].setdefault("optimizer", "adam")
+    state["config"].setdefault("learn_steps", "all")
     if state["config"] != config:
         diff = sorted(k for k in config.keys() | state["config"].keys() if config.get(k) != state["config"].get(k))
         raise CheckpointMismatchError(
@@ -375,9 +403,10 @@ def optimize(
     lam = init_schedule.weights.clone().to(device).requires_grad_(True)
     adam = OPTIMIZERS[optimizer]([lam], lr=lr)
     if mask is not None:  # steps not learned get no gradient, so no optimiser ever moves them
-        frozen = ~mask.to(device)
-        frozen = frozen if lam.ndim == 1 else frozen[:, None]
-        lam.register_hook(lambda g: g.masked_fill(frozen, 0.0))
+        learned = mask.to(device) if lam.ndim == 1 else mask.to(device)[:, None]
+        lam.register_hook(lambda g: g.masked_fill(~learned, 0.0))
+        if isinstance(adam, TensorwiseAdam):  # the shared scale averages over the learned steps only
+            adam.param_groups[0]["mask"] = learned
     # The backward runs in float16 under fp16 autocast and for a float16 model (SDXL in half precision, say): its
     # gradients underflow without loss scaling.
     fp16 = (isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16) or (

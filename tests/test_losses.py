@@ -16,6 +16,7 @@ from disentkit.losses import (
     CLIP_MEAN,
     CLIPPerceptualLoss,
     CLIPPromptLoss,
+    CLIPStructureLoss,
     DirectionalCLIPLoss,
     Hinge,
     load_clip,
@@ -120,6 +121,52 @@ def test_perceptual_loss_is_zero_for_the_same_image_and_grows_with_change(clip):
     large = loss(torch.rand(1, 3, 32, 32), reference)
     assert 0 < small.item() < large.item()
     assert all(1 <= k <= clip.model.config.vision_config.num_hidden_layers for k in loss.layers)
+
+
+class PatchColourClip:
+    """A 'CLIP' whose vision tokens are the mean colours of 8x8 patches (after a class token), one layer deep."""
+
+    model = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(num_hidden_layers=1)))
+
+    def image_forward(self, pixels):
+        patches = F.avg_pool2d(pixels, 8).flatten(2).transpose(1, 2)  # (R, L, 3)
+        cls = torch.ones(len(pixels), 1, 3)
+        return None, (patches, torch.cat([cls, patches], dim=1))
+
+
+def test_structure_loss_sees_layout_not_colour():
+    # A red square on a blue background, the same square recoloured (channels permuted: every token rotated the same
+    # way, so which patches resemble which is unchanged), and the red square moved by one patch.
+    scene = torch.zeros(1, 3, 32, 32)
+    scene[:, 2] = 0.8
+    scene[:, :, 8:24, 8:16] = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)
+    recoloured = scene[:, [1, 2, 0]]
+    moved = torch.roll(scene, shifts=8, dims=3)
+    clip = PatchColourClip()
+    structure, perceptual = CLIPStructureLoss(clip), CLIPPerceptualLoss(clip, layers=[1])
+    assert structure.layers == [1]
+    assert structure(recoloured, scene).item() == pytest.approx(0.0, abs=1e-6)
+    assert structure(moved, scene).item() > 0.01
+    assert perceptual(recoloured, scene).item() > 0.1  # a feature distance counts the recolouring as change
+
+
+def test_structure_loss_is_per_image_and_differentiable(clip):
+    loss = CLIPStructureLoss(clip)
+    reference = torch.rand(2, 3, 32, 32)
+    assert loss(reference.clone(), reference).abs().max().item() < 1e-6
+    edited = torch.rand(2, 3, 32, 32, requires_grad=True)
+    values = loss(edited, reference)
+    assert values.shape == (2,) and (values > 0).all()
+    values.sum().backward()
+    assert edited.grad is not None and edited.grad.abs().sum() > 0
+
+
+def test_prompt_losses_content_term(clip):
+    terms = prompt_losses(clip, "a photo of a face", "a photo of a face, smiling", beta=20.0, content="struct")
+    assert set(terms) == {"prompt", "struct"} and terms["struct"][0] == 20.0
+    assert isinstance(terms["struct"][1], CLIPStructureLoss)
+    with pytest.raises(ValueError, match="perc' or 'struct"):
+        prompt_losses(clip, "a photo of a face", "a photo of a face, smiling", content="lpips")
 
 
 def test_preprocess_resizes_crops_and_normalises_differentiably(clip):

@@ -18,6 +18,7 @@ from disentkit.optimize import (
     CheckpointMismatchError,
     Objective,
     OptimizeStep,
+    LearnStepsError,
     TensorwiseAdam,
     as_loss_terms,
     learn_mask,
@@ -180,6 +181,9 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(pipe, clip, setup
 
     with pytest.raises(CheckpointMismatchError, match="lr"):  # another optimisation must not resume this one
         optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, **{**kwargs, "lr": 0.2})
+    other = "adam" if optimizer == "tensorwise-adam" else "tensorwise-adam"
+    with pytest.raises(CheckpointMismatchError, match="optimizer"):
+        optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, **{**kwargs, "optimizer": other})
 
 
 def test_tensorwise_adam_moves_each_weight_in_proportion_to_its_gradient():
@@ -199,16 +203,28 @@ def test_tensorwise_adam_moves_each_weight_in_proportion_to_its_gradient():
     assert moved["tensorwise"].pow(2).mean().sqrt() == pytest.approx(0.1, rel=1e-5)
 
 
-def test_tensorwise_adam_minimises_a_badly_scaled_quadratic():
-    scales = torch.tensor([10.0, 1.0, 0.1])
-    w = torch.ones(3, requires_grad=True)
-    opt = TensorwiseAdam([w], lr=0.05)
-    for _ in range(300):
-        opt.zero_grad()
-        loss = (scales * w.pow(2)).sum()
-        loss.backward()
-        opt.step()
-    assert float((scales * w.detach().pow(2)).sum()) < 0.1 * float(scales.sum())
+def test_tensorwise_adam_on_one_weight_is_adam():
+    # One entry: its mean square gradient is its own, so every step (bias corrections included) must equal Adam's.
+    grads = [0.3, -1.2, 0.05, 2.0, -0.4, 0.7]
+    weights = {}
+    for name, make in [("adam", torch.optim.Adam), ("tensorwise", TensorwiseAdam)]:
+        w = torch.tensor([0.5], requires_grad=True)
+        opt, path = make([w], lr=0.05), []
+        for g in grads:
+            w.grad = torch.tensor([g])
+            opt.step()
+            path.append(float(w))
+        weights[name] = path
+    np.testing.assert_allclose(weights["tensorwise"], weights["adam"], rtol=1e-6, atol=1e-7)
+
+
+def test_tensorwise_adam_scale_ignores_masked_entries():
+    # Frozen steps have zero gradient; they must not shrink the shared scale (which would enlarge the others' step).
+    w = torch.zeros(4, requires_grad=True)
+    opt = TensorwiseAdam([{"params": [w], "mask": torch.tensor([False, False, True, True])}], lr=0.1)
+    w.grad = torch.tensor([0.0, 0.0, 2.0, -2.0])
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([0.0, 0.0, -0.1, 0.1]), rtol=1e-5, atol=1e-7)
 
 
 def test_learn_steps_keeps_the_other_steps_at_their_start(pipe, clip, setup):
@@ -222,26 +238,60 @@ def test_learn_steps_keeps_the_other_steps_at_their_start(pipe, clip, setup):
     assert result.schedule.meta["learn_steps"] == [1, 2] and result.schedule.meta["optimizer"] == "adam"
 
 
+def test_learn_steps_with_per_token_weights(pipe, clip, setup):
+    cond, tape = setup
+    init = dk.MixSchedule(reference_init(STEPS, c0_steps=1).weights[:, None].repeat(1, cond.tokens), "per-token")
+    result = optimize(pipe, cond, init, tape, iters=2, lr=0.1, clip=clip, learn_steps=1, optimizer="tensorwise-adam",
+                      keep="last", progress=False)  # fmt: skip
+    assert result.schedule.weights.shape == (STEPS, cond.tokens)
+    assert result.schedule.weights[0].eq(0).all() and not result.schedule.weights[1:].eq(1).all()
+
+
 def test_learn_mask_forms_and_errors():
     assert learn_mask(None, 4) is None
     assert learn_mask(2, 4).tolist() == [False, False, True, True]
+    assert learn_mask(np.int64(2), 4).tolist() == [False, False, True, True]  # any integer means "from step k on"
+    assert learn_mask(0, 4) is None and learn_mask([0, 1, 2, 3], 4) is None  # every step: nothing to mask
     assert learn_mask(slice(1, 3), 4).tolist() == [False, True, True, False]
     assert learn_mask([0, 3], 4).tolist() == [True, False, False, True]
     assert learn_mask(torch.tensor([True, False, True, False]), 4).tolist() == [True, False, True, False]
-    with pytest.raises(ValueError, match="no step"):
+    with pytest.raises(LearnStepsError, match="0..3"):
         learn_mask(4, 4)
-    with pytest.raises(ValueError, match="0..3"):
+    with pytest.raises(LearnStepsError, match="no step"):
+        learn_mask(slice(2, 2), 4)
+    with pytest.raises(LearnStepsError, match="0..3"):
         learn_mask([5], 4)
-    with pytest.raises(ValueError, match="4 entries"):
+    with pytest.raises(LearnStepsError, match="4 entries"):
         learn_mask(torch.tensor([True, False]), 4)
-    with pytest.raises(TypeError, match="not a bool"):
+    with pytest.raises(LearnStepsError, match="not a bool"):
         learn_mask(True, 4)
+    with pytest.raises(LearnStepsError, match="give a step in 0..3"):
+        learn_mask(-1, 4)
+    with pytest.raises(LearnStepsError, match="integers"):
+        learn_mask([1.5], 4)
+    with pytest.raises(LearnStepsError, match="0..3"):
+        learn_mask([-1], 4)
 
 
 def test_unknown_optimizer_is_refused(pipe, clip, setup):
     cond, tape = setup
     with pytest.raises(ValueError, match="tensorwise-adam"):
         optimize(pipe, cond, reference_init(STEPS, 1), tape, iters=1, clip=clip, optimizer="sgd", progress=False)
+
+
+def test_checkpoint_from_before_the_optimizer_option_still_resumes(pipe, clip, setup, tmp_path):
+    from disentkit.optimize import CHECKPOINT_FILE
+
+    cond, tape = setup
+    kwargs = dict(losses=as_loss_terms(None, clip, cond), lr=0.1, progress=False)
+    optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=1, checkpoint_dir=tmp_path, **kwargs)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    del state["config"]["optimizer"], state["config"]["learn_steps"]  # what an older version wrote
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    seen = []
+    optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=2, checkpoint_dir=tmp_path,
+             callback=seen.append, **kwargs)  # fmt: skip
+    assert [s.iteration for s in seen] == [1]  # iteration 0 came from the old checkpoint
 
 
 def test_schedule_of_the_wrong_length_is_refused(pipe, clip, setup):

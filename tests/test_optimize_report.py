@@ -58,8 +58,8 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     c0, c1, target = opt_report.PAIRS[1]
     recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch)
     row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, recipe)
-    if from_switch:  # the c0 steps before the switch were not learned
-        assert row["lambdas"][: row["best_switch"]] == [0.0] * row["best_switch"]
+    assert row["optimizer"] == optimizer
+    assert row["learn_steps"] == (list(range(row["best_switch"], 3)) if from_switch else "all")
     assert set(row["style_alignment"]) == {"dir", "prompt"}
     assert all(math.isnan(v) or -1 <= v <= 1 for v in row["style_alignment"].values())  # NaN: a constant judge
     assert row["kept_iteration"] in (0, 1) and row["loss_kept"] <= row["loss_first"]
@@ -77,6 +77,18 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     assert ("L_prompt + 0.05 L_perc" if objective == "prompt" else "L_dir + 0.05 L_perc") in md
     assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
     assert ("only the steps from the best switch on" in md) == from_switch
-    # A report of some parts only renders too.
-    assert "Inversion" not in opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu",
-                                                   "seconds": 1.0, "inversion": None, "memory": None})
+    assert "bar: all 5" not in md and "only 1 of the 5 pairs measured" in md
+    # A report of some parts only renders those parts.
+    some = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
+                                "inversion": None, "memory": None})
+    assert "best switch" in some and "Inversion" not in some and "Memory" not in some
+    none = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [], "device": "cpu", "seconds": 1.0,
+                                "inversion": None, "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x"}]})
+    assert "best switch" not in none and "rank correlation" not in none and "Memory" in none
+
+
+def test_recipe_refuses_prompt_options_for_the_paper_objective(opt_report):
+    with pytest.raises(ValueError, match="prompt objective only"):
+        opt_report.Recipe("paper", beta=0.05, enough="start-each")
+    with pytest.raises(ValueError, match="prompt objective only"):
+        opt_report.Recipe("paper", beta=0.05, content="struct")
