@@ -50,13 +50,14 @@ def test_verdicts(opt_report):
 
 
 @pytest.mark.parametrize(
-    "objective, optimizer, from_switch", [("prompt", "adam", False), ("paper", "adam", False), ("prompt", "tensorwise-adam", True)]
+    "objective, optimizer, from_switch, content",
+    [("prompt", "adam", False, "perc"), ("paper", "adam", False, None), ("prompt", "tensorwise-adam", True, "struct")],
 )
-def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimizer, from_switch):
+def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimizer, from_switch, content):
     clip = load_clip(save_tiny_clip(tmp_path / "clip"))
     cfg = dict(steps=3, iters=1, switches=[1, 2], train=[42, 43], unseen=[1000, 1001], scenes=1)
     c0, c1, target = opt_report.PAIRS[1]
-    recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch)
+    recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch, content=content)
     row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, recipe)
     assert row["optimizer"] == optimizer
     assert row["learn_steps"] == (list(range(row["best_switch"], 3)) if from_switch else "all")
@@ -74,7 +75,8 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
                               "inversion": {"steps": 3, "rows": [], "summary": {}},
                               "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x\nskipped"}]})
     assert "best switch" in md and "of 1 pairs" in md and "rank correlation" in md
-    assert ("L_prompt + 0.05 L_perc" if objective == "prompt" else "L_dir + 0.05 L_perc") in md
+    expected = {"perc": "L_prompt + 0.05 L_perc", None: "L_dir + 0.05 L_perc", "struct": "L_prompt + 0.05 L_struct"}
+    assert expected[content] in md
     assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
     assert ("only the steps from the best switch on" in md) == from_switch
     assert "bar: all 5" not in md and "only 1 of the 5 pairs measured" in md
@@ -87,8 +89,24 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     assert "best switch" not in none and "rank correlation" not in none and "Memory" in none
 
 
+def test_recipe_defaults_are_the_measured_best_and_the_paper_keeps_its_own(opt_report):
+    best = opt_report.Recipe()
+    assert (best.objective, best.content, best.beta, best.optimizer, best.learn_from_switch) == (
+        "prompt", "struct", 50.0, "tensorwise-adam", True)
+    assert opt_report.Recipe("paper", 0.05).content == "perc"
+
+
 def test_recipe_refuses_prompt_options_for_the_paper_objective(opt_report):
     with pytest.raises(ValueError, match="prompt objective only"):
         opt_report.Recipe("paper", beta=0.05, enough="start-each")
     with pytest.raises(ValueError, match="prompt objective only"):
         opt_report.Recipe("paper", beta=0.05, content="struct")
+
+
+def test_content_terms_report(opt_report, tmp_path):
+    clip = load_clip(save_tiny_clip(tmp_path / "clip"))
+    report = opt_report.content_terms_report(clip, scenes=2)
+    assert [r["change"] for r in report["rows"]] == list(opt_report.CHANGES)
+    assert all(r["perc"] > 0 and r["struct"] > 0 for r in report["rows"])  # every change changes the image
+    md = "\n".join(opt_report.content_terms_markdown(report))
+    assert "| recolour (red) | style |" in md and "| moved 6 px | content |" in md
