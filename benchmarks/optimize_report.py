@@ -456,7 +456,7 @@ def pairs_markdown(report: dict) -> list[str]:
     cfg, pairs = report["settings"], report["pairs"]
     lines = [
         "",
-        f"{cfg['steps']} DDIM steps, guidance 7.5, {step_rule_text(report)} on "
+        f"{cfg['steps']} DDIM steps, guidance 7.5, {step_rule_text(report)}, minimising "
         f"{objective_text(report)}, keeping the lowest-loss iterate; one schedule learned on training seeds "
         f"{cfg['train']}, applied to {len(cfg['unseen'])} unseen seeds. "
         "Judge: the toyworld evaluator (not the CLIP the optimiser uses); reached = P(target) > 0.5; IoU = object "

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     steps = 10 if args.quick else 50
-    # On toyworld the demo shows the colour edit; the switch steps crowd around its measured window (steps 13-14 of
-    # 50, the README's toyworld report), where the circle keeps its shape and place and still turns red.
+    # On toyworld the demo shows the colour edit; the switch steps crowd around its measured window (step 13 of 50,
+    # the README's toyworld report), where the circle keeps its shape and place and still turns red.
     toy = notebooks.is_toyworld(args.model)
     prompts = ("a photo of a circle", "a photo of a circle, red") if toy else (None, None)
     switches = sorted({round(f * steps) for f in (0, 0.1, 0.2, 0.24, 0.28, 0.32, 0.4, 0.6, 1.0)}) if toy else None

@@ -210,7 +210,7 @@ def default_prompts(model: str | os.PathLike, c0: str | None = None, c1: str | N
 
 def default_switch(model: str | os.PathLike, steps: int) -> int:
     """The switch step a notebook uses when it needs one: the paper's 20 of 50 (40%) on Stable Diffusion; 26% on
-    toyworld, where the default colour edit's measured window lies (steps 13-14 of 50, benchmarks/toyworld_report.py)."""
+    toyworld, where the default colour edit's measured window lies (step 13 of 50, benchmarks/toyworld_report.py)."""
     return max(1, round((0.26 if is_toyworld(model) else 0.4) * steps))
 
 

@@ -258,8 +258,8 @@ if evaluator is not None:
 **What we see, and why.** Distance to `c0` falls and distance to `c1` rises as k grows: the later the switch, the
 more of the `c0` picture survives. On Stable Diffusion the paper finds the useful window at switches of 10-20 of
 50 steps. On the bundled toyworld model the colour edit's window is narrow: the object's mask is kept (IoU >= 0.8)
-from a switch at about step 13 of 50 and the red still comes through up to step 14 (the README's toyworld report
-measures the window of every attribute: 8-11 for smiling, 10-12 for a sketch, 24-34 for stripes). An interactive version: move the slider below (all images are sampled once, up front).
+from a switch at about step 13 of 50 and the red still comes through at step 13 (the README's toyworld report
+measures the window of every attribute: 10-12 for stripes; none for a sketch, the night background or a smile). An interactive version: move the slider below (all images are sampled once, up front).
 """),
     code("""
 explorer = widgets.SwitchExplorer(result=result)
@@ -606,8 +606,8 @@ probability stays high for a while and then falls; the content IoU rises. Where 
 step, the attribute is decided late in denoising (local detail); where it dies early it needs the early, layout-
 deciding steps (global changes such as the rendering or the background). The window where both are high is the
 attribute's disentanglement window. (The paper finds global styles need earlier switches than local ones on Stable
-Diffusion; the bundled toyworld model shows it too: the background and the sketch need switches by steps 7-12 of
-50, while colour, smiling and stripes allow 11-34: see the README's toyworld report.) Without the evaluator (other models) the maps show the pixel distance to the
+Diffusion; the bundled toyworld model shows it too: the background and the sketch need switches by steps 7-8 of
+50, while colour and stripes allow 12-13: see the README's toyworld report.) Without the evaluator (other models) the maps show the pixel distance to the
 `c0` image instead, a cruder proxy that cannot tell content from style.
 """),
 ]
@@ -660,8 +660,9 @@ table
 **What we see, and why.** Each edit sits between its two pure images: nearer the `c0` image in layout, nearer `c1`
 in the attribute. Pairs that change the whole picture (a rendering style, a background) needed fewer `c0` steps in
 the paper because the style must enter while the global structure is still being decided; local attributes can come
-later. On the bundled toy model the measured windows sit at steps 8-14 of 50 for most pairs (stripes later, and
-the night background has none), close to the paper's c0-step counts (10-20 of 50).
+later. On the bundled toy model the measured windows sit at steps 10-13 of 50 for colour and stripes, close to
+the paper's c0-step counts (10-20 of 50); the night background and the sketch come through only from earlier
+switches (7-8) that also move the object, and a smile is drawn on about half of the seeds only.
 """),
 ]
 

@@ -152,9 +152,9 @@ class ToyVAEConfig:
 class ToyUNetConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 96)  # 16x16 -> 8x8 -> 4x4
     # Cross-attention only at 4x4 (and in the mid block). On a CPU the attention blocks cost more than their
-    # arithmetic (many small ops): the bundled UNet (attention at 8x8 too, 128 channels at 4x4) takes 1.18 s per
-    # 50-step image on one core, this one 0.78 s; what the text says reaches the finer levels through the 4x4
-    # features the decoder path upsamples.
+    # arithmetic (many small ops): the previous bundle's UNet (attention at 8x8 too, 128 channels at 4x4) took
+    # 1.18 s per 50-step image on one core, this one 0.78-0.82 s; what the text says reaches the finer levels
+    # through the 4x4 features the decoder path upsamples.
     down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
     layers_per_block: int = 1
