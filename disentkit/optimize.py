@@ -87,9 +87,9 @@ class OptimizeResult:
         schedule: the learned :class:`MixSchedule`; its ``meta`` says model, prompts, scheduler, steps, guidance.
         images, pixels: the final edited images (PIL list and (R, 3, H, W) in [0, 1]) with the learned schedule.
         reference_images, reference_pixels: the pure-c0 images with the same noise (lambda = 0 everywhere).
-        history: one row per iteration: ``iteration``, ``loss``, one column per loss term, ``grad_norm`` (of the
-            learned steps' weights) and
-            ``lambda_0`` ... ``lambda_{N-1}``. The last row (``iteration == iters``) is the final Adam iterate.
+        history: one row per iteration: ``iteration``, ``loss``, one column per loss term, ``grad_norm`` (over
+            the learned steps) and ``lambda_0`` ... ``lambda_{N-1}``. The last row (``iteration == iters``) is the
+            final iterate.
         best_iteration: the history row whose weights ``schedule`` holds: the lowest loss seen with
             ``keep="best"`` (0 means the start was never beaten), ``iters`` with ``keep="last"``.
     """
