@@ -215,9 +215,10 @@ class CLIPStructureLoss:
 
     Per layer, the cosine self-similarity matrix of the patch tokens (class token left out), ``(R, L, L)``; the
     loss is the mean squared difference between the edited and the reference matrices, averaged over ``layers``.
-    Recolouring an object, texturing it or darkening the background leaves "which patches belong together"
-    nearly unchanged, while moving or reshaping the object changes it, so this term keeps the content without
-    fighting the style the way a feature distance such as :class:`CLIPPerceptualLoss` does. The idea is Splice's
+    Recolouring or texturing an object leaves "which patches belong together" nearly unchanged, while moving or
+    reshaping the object changes it, so this term keeps the content without fighting a local style the way a
+    feature distance such as :class:`CLIPPerceptualLoss` does. Whole-image styles (a night background, a sketch)
+    change it as much as they change L_perc (``benchmarks/optimize_report.py --parts contents`` measures both). The idea is Splice's
     structure loss (Tumanyan et al., CVPR 2022: self-similarity of DINO-ViT keys); here with any CLIP vision tower.
     ``layers`` default: every block's output. 0 means the same layout.
     """
