@@ -1,18 +1,20 @@
 """Does learning the lambdas beat the best single switch step, does the gain transfer, how exact is inversion, and
 what does per-step checkpointing save? Measured on the bundled toyworld model.
 
-    python benchmarks/optimize_report.py            # full: 50 steps, 10 iterations, 8 + 16 seeds (~20 min, 2 cores)
+    python benchmarks/optimize_report.py            # full: 50 steps, 10 iterations, 16 + 16 seeds (~20 min, 2 cores)
     python benchmarks/optimize_report.py --quick    # 20 steps, 3 iterations, 4 unseen seeds (a few minutes)
 
-For each attribute pair (c0 -> c1) and one training seed:
+For each attribute pair (c0 -> c1) and 16 training seeds:
   1. sample every single-switch schedule (c0 for k steps, then c1) and keep the best one, judged by the toyworld
      evaluator (independent of the CLIP the optimiser pushes on): score = P(target attribute) x object-mask IoU
      with the pure-c0 image, i.e. the edit must both reach the style and keep the content;
   2. optimise the lambdas from that best switch, keeping the lowest-loss iterate. Default recipe: the prompt loss
-     (c1 against the attribute's other values) + 50 L_struct (CLIP self-similarity: the layout), tensor-wise Adam,
-     only the steps from the switch on; `--objective paper --optimizer adam --no-learn-from-switch` is the paper's
-     L_dir + 0.05 L_perc with Adam on every step;
-  3. apply both schedules unchanged to unseen seeds and compare again (is the gain kept?).
+     (c1 against the attribute's other values) + 50 L_struct (CLIP self-similarity: the layout), with per-image
+     floors at the switch's values (`with_floors`, weight 10: no training image may lose style or layout in CLIP's
+     eyes), tensor-wise Adam, only the steps from the switch on; `--objective paper --optimizer adam
+     --no-learn-from-switch` is the paper's L_dir + 0.05 L_perc with Adam on every step;
+  3. apply both schedules unchanged to unseen seeds and compare again: is the edit kept (of the seeds whose c0
+     image lacks the target, the share the schedule gives it) and is the margin over the switch kept?
 Then: inversion PSNRs on rendered toy scenes (exact and DDIM), and the peak memory of one 50-step optimisation
 iteration with and without per-step checkpointing (on CPU: the rise of the resident-set peak of a fresh subprocess
 during the iteration; on a GPU also the CUDA allocator's peak).
@@ -51,6 +53,7 @@ from disentkit.losses import (  # noqa: E402
     paper_losses,
     prompt_losses,
     psnr,
+    with_floors,
 )
 from disentkit.optimize import OPTIMIZERS, Objective, as_loss_terms, optimize, reference_init  # noqa: E402
 from disentkit.pipeline import toyworld_dir  # noqa: E402
@@ -74,10 +77,11 @@ ALTERNATIVES = {
 OBJECTIVES = ("prompt", "paper")
 PARTS = ("pairs", "contents", "inversion", "memory")
 TRAIN_SEED = 42  # the memory measurement's seed
-TRAIN_SEEDS = list(range(42, 50))  # one schedule is learned on all of them (the mean loss), as optimize() does
+TRAIN_SEEDS = list(range(42, 58))  # one schedule is learned on all 16 (the mean loss), as optimize() does
 UNSEEN_SEEDS = list(range(1000, 1016))
 TRANSFER_BAR = 0.8  # unseen seeds keep at least this share of the training seeds' gain
 STYLE_CONSTRAINT_WEIGHT = 10.0  # --enough start-each: weight of max(0, L_prompt - L_prompt of the start), per image
+GUARD_WEIGHT = 10.0  # the default recipe's per-image floors (Recipe.guard), as heavy as the style floor above
 MIN_GAIN = 0.005  # a training gain smaller than this (score points) is no gain whose transfer could be judged
 
 
@@ -85,9 +89,9 @@ MIN_GAIN = 0.005  # a training gain smaller than this (score points) is no gain 
 class Recipe:
     """How the optimiser is run for every pair: the objective, its weights, the step rule, which steps it learns.
 
-    The defaults are the best recipe measured so far (README): the prompt loss with the structure content term,
-    tensor-wise Adam, the steps before the best switch kept pure c0. ``Recipe("paper", 0.05, optimizer="adam",
-    learn_from_switch=False)`` is the paper's own."""
+    The defaults are the best recipe measured so far (README): the prompt loss with the structure content term and
+    per-image floors at the best switch's values, tensor-wise Adam, the steps before the best switch kept pure c0.
+    ``Recipe("paper", 0.05, optimizer="adam", learn_from_switch=False)`` is the paper's own."""
 
     objective: str = "prompt"  # "prompt" (L_prompt + beta x content term) or "paper" (L_dir + beta L_perc)
     beta: float = 50.0
@@ -97,12 +101,21 @@ class Recipe:
     lr: float = 0.05
     learn_from_switch: bool = True  # learn only the steps from the best switch on; the c0 steps stay c0
     content: str | None = None  # prompt objective's content term: "struct" (default) or "perc"; the paper: "perc"
+    start_later: int = 0  # start from c0 until best switch + this many steps (more content), learning from the switch on
+    late: float = 1.0  # the start's weight after its switch (the paper's init: 1.0-1.2)
+    # Weight of per-image floors on top of the sum: no training image may fall behind the best switch on CLIP's
+    # style or on the content term. None: GUARD_WEIGHT for the prompt objective, 0 (off) for the paper's.
+    guard: float | None = None
 
     def __post_init__(self):
         if self.objective == "paper" and (self.enough is not None or self.content not in (None, "perc")):
             raise ValueError("enough and content apply to the prompt objective only; the paper's is L_dir + beta L_perc")
-        if self.content is None:  # frozen dataclass: fill the default through object.__setattr__
+        if self.objective == "paper" and self.guard:
+            raise ValueError("guard applies to the prompt objective only; the paper's is L_dir + beta L_perc")
+        if self.content is None:  # frozen dataclass: fill the defaults through object.__setattr__
             object.__setattr__(self, "content", "perc" if self.objective == "paper" else "struct")
+        if self.guard is None:
+            object.__setattr__(self, "guard", 0.0 if self.objective == "paper" else GUARD_WEIGHT)
 
 
 def settings(quick: bool) -> dict:
@@ -124,19 +137,44 @@ def judge(evaluator, edited: torch.Tensor, reference: torch.Tensor, target) -> d
     return {"style": style, "reached": (style > 0.5).astype(float), "iou": iou, "score": style * iou}
 
 
-def verdicts(train: dict, unseen_gain: float) -> dict:
-    """The issue's two tests for one pair. Learned vs best switch on the training seeds: the target reached at
-    least as often, and at least the switch's mean mask IoU. Transfer: the unseen seeds keep >= 80% of the score
-    gain (undefined when there was no gain to keep: below MIN_GAIN)."""
+def edit_success(edits: dict[str, dict], c0: dict) -> dict:
+    """What each schedule's edit does where it is needed: over the seeds whose unedited c0 image does not already show
+    the target (a neutral c0 prompt leaves e.g. the background to chance), the share the edit gives the target, and
+    the mean mask IoU there. Measured this way the gain does not depend on how often c0 shows the target by chance."""
+    needed = c0["reached"] < 0.5
+    out = {"seeds": int(needed.sum())}
+    for name, d in edits.items():
+        out[name] = float(d["reached"][needed].mean()) if needed.any() else None
+        out[f"{name}_iou"] = float(d["iou"][needed].mean()) if needed.any() else None
+    return out
+
+
+def verdicts(train: dict, unseen: dict) -> dict:
+    """The issue's two tests for one pair.
+
+    Learned vs best switch on the training seeds: the target reached at least as often, and at least the switch's
+    mean mask IoU. Transfer ("applied unchanged to other seeds they give the same edit", DESIGN.md): the edit's gain
+    is the share of the seeds that need the edit (their c0 image lacks the target) that the learned schedule gives
+    the target (:func:`edit_success`); the unseen seeds must keep >= 80% of the training seeds' gain. The stricter
+    reading, that the learned schedule's *margin over the best switch* (in score) transfers, is kept beside it
+    (undefined when the training margin is below MIN_GAIN)."""
     sw, le = train["switch"], train["learned"]
-    gain = train["gain"] if train["gain"] >= MIN_GAIN else 0.0
-    return {
+    margin = train["gain"] if train["gain"] >= MIN_GAIN else 0.0
+    out = {
         "reaches_as_often": le["reached"] >= sw["reached"],
         "keeps_iou": le["iou"] >= sw["iou"],
         "beats_switch": bool(le["reached"] >= sw["reached"] and le["iou"] >= sw["iou"]),
-        "transfer_share": unseen_gain / gain if gain > 0 else None,
-        "transfers": bool(unseen_gain >= TRANSFER_BAR * gain) if gain > 0 else None,
-    }
+        "margin_share": unseen["gain"] / margin if margin > 0 else None,
+        "margin_transfers": bool(unseen["gain"] >= TRANSFER_BAR * margin) if margin > 0 else None,
+        "edit_gain_train": None, "edit_gain_unseen": None, "edit_share": None, "edit_transfers": None,
+    }  # fmt: skip
+    # reports written before the c0 baseline was measured have no "needed" entry, hence no edit verdict
+    g_train, g_unseen = train.get("needed", {}).get("learned"), unseen.get("needed", {}).get("learned")
+    if g_train is not None and g_unseen is not None:
+        out.update(edit_gain_train=g_train, edit_gain_unseen=g_unseen)
+        if g_train > 0:
+            out.update(edit_share=g_unseen / g_train, edit_transfers=bool(g_unseen >= TRANSFER_BAR * g_train))
+    return out
 
 
 def objective_terms(clip, c0: str, c1: str, objective: str, beta: float, enough: float | None, content="perc") -> dict:
@@ -196,7 +234,10 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
         with torch.no_grad():
             floor = terms[name][1](pixels[1 + best], reference)
         terms[name] = (recipe.keep_content, Hinge(terms[name][1], floor))
-    result = optimize(pipe, cond, reference_init(steps, best_k), train, losses=terms, iters=cfg["iters"],
+    if recipe.guard:  # improve the weighted sum, but no training image may fall behind the switch on any term
+        terms = with_floors(terms, pixels[1 + best], reference, recipe.guard)
+    start_k = min(best_k + recipe.start_later, steps - 1)
+    result = optimize(pipe, cond, reference_init(steps, start_k, recipe.late), train, losses=terms, iters=cfg["iters"],
                       lr=recipe.lr, optimizer=recipe.optimizer, learn_steps=best_k if recipe.learn_from_switch else None,
                       progress=False)  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -211,22 +252,35 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
     ref_u, switch_u, learned_u = out.pixels[:B], out.pixels[B : 2 * B], out.pixels[2 * B :]
     switch_unseen, learned_unseen = judge(evaluator, switch_u, ref_u, target), judge(evaluator, learned_u, ref_u, target)
 
+    # the unedited images: what the edit adds is measured from them (their IoU with themselves is 1)
+    c0_train, c0_unseen = judge(evaluator, reference, reference, target), judge(evaluator, ref_u, ref_u, target)
+
     mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
     train_gain = float(np.mean(learned["score"] - switch_train["score"]))
     unseen_gain = float(np.mean(learned_unseen["score"] - switch_unseen["score"]))
-    train_summary = {"switch": mean(switch_train), "learned": mean(learned), "gain": train_gain}
+    train_summary = {"c0": mean(c0_train), "switch": mean(switch_train), "learned": mean(learned), "gain": train_gain,
+                     "needed": edit_success({"switch": switch_train, "learned": learned}, c0_train)}
+    unseen_summary = {"c0": mean(c0_unseen), "switch": mean(switch_unseen), "learned": mean(learned_unseen),
+                      "gain": unseen_gain,
+                      "needed": edit_success({"switch": switch_unseen, "learned": learned_unseen}, c0_unseen),
+                      "learned_beats_switch_frac": float(np.mean(learned_unseen["score"] > switch_unseen["score"]))}
     return {
         "c0": c0, "c1": c1, "target": f"{target[0]}={target[1]}", "best_switch": best_k,
         "switch_scores": {int(k): float(d["score"].mean()) for k, d in zip(cfg["switches"], per_switch)},
         "style_alignment": alignment,
         "enough": enough if style_floor is None else "start-each",
         "train": train_summary,
-        "unseen": {"switch": mean(switch_unseen), "learned": mean(learned_unseen), "gain": unseen_gain,
-                   "learned_beats_switch_frac": float(np.mean(learned_unseen["score"] > switch_unseen["score"]))},
-        "verdict": verdicts(train_summary, unseen_gain),
+        "unseen": unseen_summary,
+        "verdict": verdicts(train_summary, unseen_summary),
+        "per_seed": {split: {name: {k: [round(float(x), 4) for x in d[k]] for k in ("style", "iou")}
+                             for name, d in sides.items()}
+                     for split, sides in (("train", {"c0": c0_train, "switch": switch_train, "learned": learned}),
+                                          ("unseen", {"c0": c0_unseen, "switch": switch_unseen,
+                                                      "learned": learned_unseen}))},  # fmt: skip
         "loss_first": float(result.history["loss"].iloc[0]),
         "loss_kept": float(result.history["loss"][result.history["iteration"] == result.best_iteration].iloc[-1]),
         "kept_iteration": int(result.best_iteration),
+        "loss_terms": {name: weight for name, (weight, _) in terms.items()},
         "optimizer": result.schedule.meta["optimizer"], "learn_steps": result.schedule.meta["learn_steps"],
         "lambdas": [round(float(w), 4) for w in result.schedule.weights],
         "optimize_seconds": round(seconds, 1),
@@ -426,8 +480,12 @@ def objective_text(report: dict) -> str:
     content = f"{beta:g} {term}"
     if report.get("keep_content"):
         content = f"{report['keep_content']:g} max(0, {term} - {term} of the best switch, per image)"
+    guard = report.get("guard")
+    guard = (f"; with per-image floors against the best switch's images: {guard:g} max(0, L_prompt - its L_prompt) "
+             f"+ {guard * beta:g} max(0, {term} - its {term}), so no training image may fall behind the switch on "
+             "either, in CLIP's eyes" if guard else "")  # fmt: skip
     return (f"L_prompt + {content} (toy CLIP; L_prompt = -log P(c1) among the attribute's other values"
-            f"{enough})")  # fmt: skip
+            f"{enough}){guard}")  # fmt: skip
 
 
 def step_rule_text(report: dict) -> str:
@@ -435,7 +493,11 @@ def step_rule_text(report: dict) -> str:
     from the best switch on"."""
     name = {"adam": "Adam", "tensorwise-adam": "tensor-wise Adam"}[report.get("optimizer", "adam")]
     where = ", learning only the steps from the best switch on" if report.get("learn_from_switch") else ""
-    return f"{report['settings']['iters']} {name} iterations (lr {report.get('lr', 0.05):g}){where}"
+    start = ""
+    if report.get("start_later") or report.get("late", 1.0) != 1.0:
+        start = (f", starting from c0 until {report.get('start_later', 0)} steps after the best switch, then "
+                 f"{report.get('late', 1.0):g}")  # fmt: skip
+    return f"{report['settings']['iters']} {name} iterations (lr {report.get('lr', 0.05):g}){where}{start}"
 
 
 def markdown(report: dict) -> str:
@@ -463,36 +525,56 @@ def pairs_markdown(report: dict) -> list[str]:
         "mask IoU with the pure-c0 image of the same seed; score = P(target) x IoU. The optimiser starts from the "
         "best switch (best mean score on the training seeds).",
         "",
-        "Cells read switch -> learned.",
+        "Cells read switch -> learned; reached cells start with how often the unedited c0 image already shows the "
+        "target (a neutral c0 leaves it to chance). Edit gain = of the seeds whose c0 image lacks the target (their "
+        "number in brackets), the share the schedule gives it; kept = unseen gain / training gain (bar: "
+        f"{TRANSFER_BAR:.0%}), followed by the best switch's own gains. Margin = learned score minus the best "
+        "switch's: the stricter reading of \"that gain\".",
         "",
-        "| c0 -> c1 | best switch | train: reached | train: mask IoU | train score (gain) | beats switch "
-        "| unseen: reached | unseen: mask IoU | unseen score (gain) | gain kept | loss (train), kept iteration |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| c0 -> c1 | best switch | train: reached (c0: switch -> learned) | train: mask IoU | beats switch "
+        "| unseen: reached (c0: switch -> learned) | unseen: mask IoU | edit gain, learned: train -> unseen (kept) "
+        "| margin over switch: train -> unseen | loss (train), kept iteration |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in pairs:
         tr, un, v = p["train"], p["unseen"], p["verdict"]
-        share = v["transfer_share"]
-        kept = ("n/a (no gain)" if share is None else "ok (unseen gain >= train gain)" if share >= 1
-                else f"{share:.0%} {'ok' if v['transfers'] else 'FAIL'}")  # fmt: skip
+        c0_tr = f"{tr['c0']['reached']:.0%}: " if "c0" in tr else ""
+        c0_un = f"{un['c0']['reached']:.0%}: " if "c0" in un else ""
+        if "needed" not in tr:
+            edit = "n/a (no c0 baseline measured)"
+        elif v.get("edit_gain_train") is None:
+            edit = "n/a (no seed needs the edit)"
+        else:
+            share = v["edit_share"]
+            kept = "no gain" if share is None else f"{share:.0%} {'ok' if v['edit_transfers'] else 'FAIL'}"
+            edit = (f"{v['edit_gain_train']:.0%} ({tr['needed']['seeds']}) -> {v['edit_gain_unseen']:.0%} "
+                    f"({un['needed']['seeds']}) ({kept})")  # fmt: skip
+            if un["needed"].get("switch") is not None:  # does the switch it started from transfer any better?
+                edit += f"; the switch: {tr['needed']['switch']:.0%} -> {un['needed']['switch']:.0%}"
+        share = v.get("margin_share", v.get("transfer_share"))
+        margin = f"{tr['gain']:+.3f} -> {un['gain']:+.3f}" + ("" if share is None else f" ({share:.0%})")
         loss_kept = p.get("loss_kept", p.get("loss_last"))
         lines.append(
             f"| {p['c0']} -> {p['c1']} | {p['best_switch']} "
-            f"| {tr['switch']['reached']:.0%} -> {tr['learned']['reached']:.0%} | {tr['switch']['iou']:.3f} -> {tr['learned']['iou']:.3f} "
-            f"| {tr['switch']['score']:.3f} -> {tr['learned']['score']:.3f} ({tr['gain']:+.3f}) | {'yes' if v['beats_switch'] else 'no'} "
-            f"| {un['switch']['reached']:.0%} -> {un['learned']['reached']:.0%} | {un['switch']['iou']:.3f} -> {un['learned']['iou']:.3f} "
-            f"| {un['switch']['score']:.3f} -> {un['learned']['score']:.3f} ({un['gain']:+.3f}) | {kept} "
-            f"| {p['loss_first']:.3f} -> {loss_kept:.3f}, {p.get('kept_iteration', cfg['iters'])} |"
-        )
+            f"| {c0_tr}{tr['switch']['reached']:.0%} -> {tr['learned']['reached']:.0%} | {tr['switch']['iou']:.3f} -> {tr['learned']['iou']:.3f} "
+            f"| {'yes' if v['beats_switch'] else 'no'} "
+            f"| {c0_un}{un['switch']['reached']:.0%} -> {un['learned']['reached']:.0%} | {un['switch']['iou']:.3f} -> {un['learned']['iou']:.3f} "
+            f"| {edit} | {margin} | {p['loss_first']:.3f} -> {loss_kept:.3f}, {p.get('kept_iteration', cfg['iters'])} |"
+        )  # fmt: skip
     beats = sum(p["verdict"]["beats_switch"] for p in pairs)
     ties = sum(p["verdict"]["beats_switch"] and p.get("kept_iteration") == 0 for p in pairs)
-    with_gain = [p for p in pairs if p["verdict"]["transfers"] is not None]
+    edits = [p for p in pairs if p["verdict"].get("edit_transfers") is not None]
+    margins = [p for p in pairs if p["verdict"].get("margin_transfers", p["verdict"].get("transfers")) is not None]
     bar = f"bar: all {len(PAIRS)}" if len(pairs) == len(PAIRS) else f"only {len(pairs)} of the {len(PAIRS)} pairs measured"
     lines += [
         "",
         f"Learned schedule reaches the target at least as often as the best switch and keeps at least its mask IoU: "
         f"**{beats} of {len(pairs)} pairs** ({bar}; {ties} of them only because the optimiser kept its start). "
-        f"Pairs with a training gain (>= {MIN_GAIN} score) whose unseen seeds keep >= {TRANSFER_BAR:.0%} of it: "
-        f"**{sum(p['verdict']['transfers'] for p in with_gain)} of {len(with_gain)}**.",
+        f"Unseen seeds keep >= {TRANSFER_BAR:.0%} of the training seeds' edit gain: "
+        f"**{sum(p['verdict']['edit_transfers'] for p in edits)} of {len(edits)}** pairs with an edit gain. "
+        f"Stricter reading, the margin over the best switch (pairs with a training margin >= {MIN_GAIN}): "
+        f"{sum(p['verdict'].get('margin_transfers', p['verdict'].get('transfers')) for p in margins)} of {len(margins)} keep "
+        f">= {TRANSFER_BAR:.0%} of it.",
     ]
     if all("style_alignment" in p for p in pairs):
         lines += ["", "How well each style loss ranks the switch images as the evaluator does (rank correlation with "
@@ -511,8 +593,9 @@ def inversion_markdown(inv: dict) -> list[str]:
     for method, s in inv["summary"].items():
         g = next(r["guidance"] for r in inv["rows"] if r["method"] == method)
         lines.append(f"| {method} | {g} | {s['mean_psnr_vs_vae_db']:.1f} | {s['min_psnr_vs_vae_db']:.1f} | {s['required_db']:.0f} | {s['passed']} |")
-    vae = np.mean([r["vae_round_trip_db"] for r in inv["rows"]])
-    lines += ["", f"(The VAE round trip itself is {vae:.1f} dB from the rendered images.)", ""]
+    if inv["rows"]:
+        vae = np.mean([r["vae_round_trip_db"] for r in inv["rows"]])
+        lines += ["", f"(The VAE round trip itself is {vae:.1f} dB from the rendered images.)", ""]
     return lines
 
 
@@ -537,6 +620,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller version (20 steps, 3 iterations, 4 unseen seeds)")
     ap.add_argument("--weights", type=Path, default=toyworld_dir(), help="a toyworld weights folder (pipeline/, clip/)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks")
+    ap.add_argument("--iters", type=int, default=None, help="optimisation iterations (default 10, --quick 3)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--objective", choices=OBJECTIVES, default="prompt",
                     help="prompt: CLIP prompt loss (c1 vs the attribute's other values) + beta L_perc (default); "
@@ -559,6 +643,14 @@ def main(argv=None) -> int:
     ap.add_argument("--learn-from-switch", action=argparse.BooleanOptionalAction, default=True,
                     help="learn only the steps from the best switch on (the c0 steps that lay out the content stay "
                          "c0; default); --no-learn-from-switch learns every step, as the paper does")
+    ap.add_argument("--start-later", type=int, default=0, metavar="D",
+                    help="start the optimiser from c0 until D steps after the best switch (more content; the style "
+                         "floor still comes from the best switch's images), learning every step from the switch on")
+    ap.add_argument("--guard", type=float, default=None, metavar="WEIGHT",
+                    help="prompt objective: per-image floors against the best switch (WEIGHT x max(0, L_prompt - the "
+                         "switch's) + WEIGHT x beta x the same for the content term): improve the sum, but no training "
+                         f"image may lose style or content in CLIP's eyes (default {GUARD_WEIGHT:g}; 0: off)")
+    ap.add_argument("--late", type=float, default=1.0, help="the start's weight after its switch (paper: 1.0-1.2)")
     ap.add_argument("--pairs", nargs="+", type=int, default=None, metavar="I", choices=range(len(PAIRS)),
                     help=f"only these pairs (0..{len(PAIRS) - 1}, in the table's order), for quick experiments")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
@@ -574,7 +666,7 @@ def main(argv=None) -> int:
     if args.render:  # verdicts and words change more often than the numbers
         report = json.loads(args.render.read_text())
         for p in report["pairs"]:
-            p["verdict"] = verdicts(p["train"], p["unseen"]["gain"])
+            p["verdict"] = verdicts(p["train"], p["unseen"])
         write_json_atomic(args.render, report)
         write_text_atomic(args.render.with_suffix(".md"), markdown(report))
         print(markdown(report))
@@ -596,16 +688,18 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = settings(args.quick)
+    if args.iters:
+        cfg["iters"] = args.iters
     content = args.content or ("perc" if args.objective == "paper" else "struct")
     if args.beta is not None:
         beta = args.beta
     else:  # the weights measured to work (README): the paper's 0.05 for its objective
         beta = 0.05 if args.objective == "paper" else {"struct": 50.0, "perc": 2.0}[content]
-    if args.objective == "paper" and (args.enough != "none" or content != "perc"):
-        ap.error("--enough and --content apply to the prompt objective only")
+    if args.objective == "paper" and (args.enough != "none" or content != "perc" or args.guard):
+        ap.error("--enough, --content and --guard apply to the prompt objective only")
     enough = None if args.enough == "none" else args.enough if args.enough in ("start", "start-each") else float(args.enough)
     recipe = Recipe(args.objective, beta, enough, args.keep_content, args.optimizer, args.lr, args.learn_from_switch,
-                    content)
+                    content, args.start_later, args.late, args.guard)
     chosen = [PAIRS[i] for i in args.pairs] if args.pairs is not None else PAIRS
     t0 = time.perf_counter()
     pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)

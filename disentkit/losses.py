@@ -296,6 +296,25 @@ class Hinge:
         return (values - floor).clamp_min(0)
 
 
+def with_floors(
+    terms: dict[str, tuple[float, Loss]], start: torch.Tensor, reference: torch.Tensor, weight: float = 10.0
+) -> dict[str, tuple[float, Loss]]:
+    """``terms`` plus, for each term, ``weight x its weight x Hinge(term, its value on start)`` named
+    ``"<name>_floor"``: the optimiser still lowers the weighted sum, but no image may end up worse than the
+    ``start`` images on any one term (one floor per image, so the edit cannot trade one seed's style for another
+    seed's content). ``start`` (R, 3, H, W) are the images of the schedule the optimisation starts from, e.g. the
+    best single switch, and ``reference`` the pure-c0 images, both in [0, 1]. Floors are silent at the start, so the
+    first step follows the plain sum; they act once a term would get worse than where it began."""
+    if start.shape != reference.shape:
+        raise ValueError(f"start {tuple(start.shape)} and reference {tuple(reference.shape)} must match: one start "
+                         "image per reference image (the same seeds, in the same order).")  # fmt: skip
+    floors = {}
+    with torch.no_grad():
+        for name, (w, loss) in terms.items():
+            floors[f"{name}_floor"] = (float(weight) * float(w), Hinge(loss, loss(start, reference).detach()))
+    return {**terms, **floors}
+
+
 def paper_losses(clip: Clip, c0_text: str, c1_text: str, beta: float = 0.05) -> dict[str, tuple[float, Loss]]:
     """The paper's objective as named, weighted terms: ``{"dir": (1, L_dir), "perc": (beta, L_perc)}``."""
     return {"dir": (1.0, DirectionalCLIPLoss(clip, c0_text, c1_text)), "perc": (float(beta), CLIPPerceptualLoss(clip))}

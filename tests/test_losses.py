@@ -25,6 +25,7 @@ from disentkit.losses import (
     psnr,
     save_tiny_clip,
     tiny_clip,
+    with_floors,
 )
 
 
@@ -100,6 +101,24 @@ def test_hinge_is_silent_below_its_floor_per_image():
     assert per_image.tolist() == pytest.approx([0.1, 0.0, 0.0])
     per_image.sum().backward()
     assert edited.grad.flatten().tolist() == pytest.approx([1.0, 0.0, 0.0])  # only the image above its floor
+
+
+def test_with_floors_adds_one_silent_floor_per_term_and_image():
+    distance = lambda edited, reference: (edited - reference).flatten(1).abs().mean(1)  # noqa: E731
+    brightness = lambda edited, reference: -edited.flatten(1).mean(1)  # noqa: E731
+    reference = torch.zeros(2, 1, 1, 1)
+    start = torch.tensor([0.2, 0.6]).view(2, 1, 1, 1)
+    terms = with_floors({"content": (5.0, distance), "style": (1.0, brightness)}, start, reference, weight=10)
+    assert list(terms) == ["content", "style", "content_floor", "style_floor"]
+    assert [w for w, _ in terms.values()] == [5.0, 1.0, 50.0, 10.0]  # weight x the term's own weight
+    for name in ("content_floor", "style_floor"):
+        assert terms[name][1](start, reference).tolist() == [0.0, 0.0]  # silent where the optimisation starts
+    # Image 0 moves away from the reference (worse content), image 1 towards it (better content, worse style).
+    moved = torch.tensor([0.3, 0.5]).view(2, 1, 1, 1)
+    assert terms["content_floor"][1](moved, reference).tolist() == pytest.approx([0.1, 0.0])
+    assert terms["style_floor"][1](moved, reference).tolist() == pytest.approx([0.0, 0.1])
+    with pytest.raises(ValueError, match="one start image per reference image"):
+        with_floors(terms, start[:1], reference)
 
 
 def test_directional_loss_is_per_image_and_differentiable(clip):

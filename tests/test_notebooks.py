@@ -89,7 +89,7 @@ def executed(model_setup, tmp_path_factory):
         common.update(c0="a photo of a face", c1="a photo of a face, smiling")
     extra = {
         "01_tour": {"clip": clip},
-        "06_learning_lambda": {"clip": clip, "iters": 10},
+        "06_learning_lambda": {"clip": clip, "iters": 10, "floors": 10.0},
         "07_transfer": {"clip": clip, "seeds": [10, 11], "schedule_path": str(schedule_path)},
         "09_measuring_disentanglement": {"attributes": ATTRIBUTES_09} if use_evaluator else {},
     }
@@ -204,6 +204,8 @@ def test_06_learning_lambda(executed):
     iters = max(1, round(10 * 0.1))
     assert history["iteration"].tolist() == list(range(iters + 1))  # one row per iteration, plus the result
     assert np.isfinite(history["loss"]).all()
+    # floors=10: each term got a per-seed floor at its start value, silent on the start itself
+    assert history.loc[0, ["dir_floor", "perc_floor"]].tolist() == pytest.approx([0, 0], abs=1e-5)
     learned = _learned(run)
     np.testing.assert_allclose(learned.weights.numpy(), history[[f"lambda_{i}" for i in range(STEPS)]].iloc[-1], rtol=1e-5)
     for name in ("loss.png", "lambda.png", "images.png"):

@@ -238,6 +238,23 @@ def test_learn_steps_keeps_the_other_steps_at_their_start(pipe, clip, setup):
     assert result.schedule.meta["learn_steps"] == [1, 2] and result.schedule.meta["optimizer"] == "adam"
 
 
+def test_floors_start_silent_and_are_optimised_as_terms(pipe, clip, setup):
+    from disentkit.losses import paper_losses, with_floors
+
+    cond, tape = setup
+    init = reference_init(STEPS, c0_steps=1)
+    start = dk.sample(pipe, cond, init, tape, progress=False).pixels
+    reference = dk.sample(pipe, cond, dk.MixSchedule.constant(STEPS, 0.0), tape, progress=False).pixels
+    terms = with_floors(paper_losses(clip, C0, C1, beta=0.05), start, reference, weight=10)
+    result = optimize(pipe, cond, init, tape, losses=terms, iters=3, lr=0.1, keep="last", progress=False)
+    h = result.history
+    first = h.loc[h["iteration"] == 0].iloc[-1]
+    assert first["dir_floor"] == pytest.approx(0, abs=1e-5) and first["perc_floor"] == pytest.approx(0, abs=1e-5)
+    total = first["dir"] + 0.05 * first["perc"] + 10 * first["dir_floor"] + 0.5 * first["perc_floor"]
+    assert first["loss"] == pytest.approx(total, rel=1e-5)  # the floors are terms like any other, with their weights
+    assert (h[["dir_floor", "perc_floor"]] >= 0).all().all()
+
+
 def test_learn_steps_with_per_token_weights(pipe, clip, setup):
     cond, tape = setup
     init = dk.MixSchedule(reference_init(STEPS, c0_steps=1).weights[:, None].repeat(1, cond.tokens), "per-token")

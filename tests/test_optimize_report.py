@@ -31,54 +31,92 @@ def _side(reached, iou, score):
     return {"reached": reached, "iou": iou, "score": score, "style": reached}
 
 
+def _summary(switch, learned, gain, needed=None):
+    """A split's summary as pair_report writes it; needed = (seeds, switch's share, learned's share) or None."""
+    out = {"switch": switch, "learned": learned, "gain": gain}
+    if needed is not None:
+        n, sw, le = needed
+        out["needed"] = {"seeds": n, "switch": sw, "learned": le, "switch_iou": 0.8, "learned_iou": 0.8}
+    return out
+
+
+def test_edit_success_counts_only_the_seeds_that_need_the_edit(opt_report):
+    import numpy as np
+
+    c0 = {"reached": np.array([1.0, 0.0, 0.0, 0.0])}  # seed 0 already shows the target unedited
+    edit = {"reached": np.array([0.0, 1.0, 1.0, 0.0]), "iou": np.array([0.1, 0.9, 0.8, 0.7])}
+    out = opt_report.edit_success({"learned": edit}, c0)
+    assert out["seeds"] == 3 and out["learned"] == pytest.approx(2 / 3) and out["learned_iou"] == pytest.approx(0.8)
+    nobody = opt_report.edit_success({"learned": edit}, {"reached": np.ones(4)})
+    assert nobody["seeds"] == 0 and nobody["learned"] is None
+
+
 def test_verdicts(opt_report):
     switch = _side(0.5, 0.80, 0.40)
-    better = {"switch": switch, "learned": _side(0.75, 0.80, 0.60), "gain": 0.20}
-    v = opt_report.verdicts(better, unseen_gain=0.17)
-    assert v["beats_switch"] and v["transfers"] and v["transfer_share"] == pytest.approx(0.85)
-    assert not opt_report.verdicts(better, unseen_gain=0.15)["transfers"]  # 75% < 80%
+    better = _summary(switch, _side(0.75, 0.80, 0.60), 0.20, needed=(12, 0.5, 0.75))
+    unseen = _summary(switch, _side(0.7, 0.8, 0.525), 0.125, needed=(14, 0.5, 0.6375))  # 85% of 0.75
+    v = opt_report.verdicts(better, unseen)
+    assert v["beats_switch"] and v["edit_transfers"] and v["edit_share"] == pytest.approx(0.85)
+    assert v["edit_gain_train"] == pytest.approx(0.75) and v["edit_gain_unseen"] == pytest.approx(0.6375)
+    # The stricter reading: the margin over the switch (0.125 of 0.20 = 62%) is not kept.
+    assert v["margin_share"] == pytest.approx(0.625) and not v["margin_transfers"]
+    weaker = _summary(switch, _side(0.6, 0.8, 0.475), 0.075, needed=(14, 0.5, 0.5625))  # 75% of 0.75 < 80%
+    assert not opt_report.verdicts(better, weaker)["edit_transfers"]
     # More style bought with content is not a win.
-    drifted = {"switch": switch, "learned": _side(1.0, 0.79, 0.79), "gain": 0.39}
-    assert not opt_report.verdicts(drifted, 0.39)["beats_switch"]
-    # A tie is "at least as often", but there is no gain whose transfer could be judged.
-    tie = {"switch": switch, "learned": switch, "gain": 0.0}
-    v = opt_report.verdicts(tie, unseen_gain=-0.01)
-    assert v["beats_switch"] and v["transfers"] is None and v["transfer_share"] is None
-    # So is a gain too small to measure a share of.
-    tiny = {"switch": switch, "learned": _side(0.5, 0.801, 0.4004), "gain": 0.0004}
-    assert opt_report.verdicts(tiny, unseen_gain=0.05)["transfer_share"] is None
+    drifted = _summary(switch, _side(1.0, 0.79, 0.79), 0.39, needed=(12, 0.5, 1.0))
+    assert not opt_report.verdicts(drifted, unseen)["beats_switch"]
+    # A tie is "at least as often"; its edit gain is the switch's, and there is no margin to judge.
+    tie = _summary(switch, switch, 0.0, needed=(12, 0.5, 0.5))
+    v = opt_report.verdicts(tie, _summary(switch, switch, 0.0, needed=(14, 0.5, 0.5)))
+    assert v["beats_switch"] and v["margin_transfers"] is None and v["margin_share"] is None
+    assert v["edit_share"] == pytest.approx(1.0) and v["edit_transfers"]
+    # An edit that gives no needing seed the target has no share to judge; neither has a split where none needs it.
+    assert opt_report.verdicts(_summary(switch, switch, 0.2, needed=(12, 0.0, 0.0)), unseen)["edit_share"] is None
+    assert opt_report.verdicts(better, _summary(switch, switch, 0.0, needed=(0, None, None)))["edit_share"] is None
+    # Reports written before the c0 baseline was measured still render: no edit verdict.
+    assert opt_report.verdicts(_summary(switch, switch, 0.2), unseen)["edit_transfers"] is None
 
 
 @pytest.mark.parametrize(
-    "objective, optimizer, from_switch, content",
-    [("prompt", "adam", False, "perc"), ("paper", "adam", False, None), ("prompt", "tensorwise-adam", True, "struct")],
+    "objective, optimizer, from_switch, content, guard",
+    [("prompt", "adam", False, "perc", 0.0), ("paper", "adam", False, None, None),
+     ("prompt", "tensorwise-adam", True, "struct", None)],
 )
-def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimizer, from_switch, content):
+def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimizer, from_switch, content, guard):
     clip = load_clip(save_tiny_clip(tmp_path / "clip"))
     cfg = dict(steps=3, iters=1, switches=[1, 2], train=[42, 43], unseen=[1000, 1001], scenes=1)
     c0, c1, target = opt_report.PAIRS[1]
-    recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch, content=content)
+    recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch, content=content,
+                               guard=guard)
     row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, recipe)
     assert row["optimizer"] == optimizer
+    floors = {"prompt_floor": recipe.guard, f"{content}_floor": recipe.guard * 0.05} if recipe.guard else {}
+    assert {k: v for k, v in row["loss_terms"].items() if k.endswith("_floor")} == pytest.approx(floors)
     assert row["learn_steps"] == (list(range(row["best_switch"], 3)) if from_switch else "all")
     assert set(row["style_alignment"]) == {"dir", "prompt"}
     assert all(math.isnan(v) or -1 <= v <= 1 for v in row["style_alignment"].values())  # NaN: a constant judge
     assert row["kept_iteration"] in (0, 1) and row["loss_kept"] <= row["loss_first"]
     assert row["best_switch"] in (1, 2) and set(row["switch_scores"]) == {1, 2}
-    for side in ("switch", "learned"):
+    for side in ("c0", "switch", "learned"):
         for split in ("train", "unseen"):
             values = row[split][side]
             assert 0 <= values["reached"] <= 1 and 0 <= values["iou"] <= 1 and 0 <= values["score"] <= 1
     assert len(row["lambdas"]) == 3
-    assert set(row["verdict"]) == {"reaches_as_often", "keeps_iou", "beats_switch", "transfer_share", "transfers"}
+    assert set(row["verdict"]) == {"reaches_as_often", "keeps_iou", "beats_switch", "margin_share", "margin_transfers",
+                                   "edit_gain_train", "edit_gain_unseen", "edit_share", "edit_transfers"}
+    assert row["train"]["c0"]["iou"] == pytest.approx(1.0)  # the unedited image against itself
+    for split in ("train", "unseen"):
+        needed = row[split]["needed"]
+        assert 0 <= needed["seeds"] <= 2 and set(needed) >= {"switch", "learned", "switch_iou", "learned_iou"}
     md = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
                               "inversion": {"steps": 3, "rows": [], "summary": {}},
                               "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x\nskipped"}]})
-    assert "best switch" in md and "of 1 pairs" in md and "rank correlation" in md
+    assert "best switch" in md and "of 1 pairs" in md and "rank correlation" in md and "edit gain" in md
     expected = {"perc": "L_prompt + 0.05 L_perc", None: "L_dir + 0.05 L_perc", "struct": "L_prompt + 0.05 L_struct"}
     assert expected[content] in md
     assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
     assert ("only the steps from the best switch on" in md) == from_switch
+    assert ("per-image floors against the best switch" in md) == bool(recipe.guard)
     assert "bar: all 5" not in md and "only 1 of the 5 pairs measured" in md
     # A report of some parts only renders those parts.
     some = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
@@ -91,9 +129,10 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
 
 def test_recipe_defaults_are_the_measured_best_and_the_paper_keeps_its_own(opt_report):
     best = opt_report.Recipe()
-    assert (best.objective, best.content, best.beta, best.optimizer, best.learn_from_switch) == (
-        "prompt", "struct", 50.0, "tensorwise-adam", True)
-    assert opt_report.Recipe("paper", 0.05).content == "perc"
+    assert (best.objective, best.content, best.beta, best.optimizer, best.learn_from_switch, best.guard) == (
+        "prompt", "struct", 50.0, "tensorwise-adam", True, opt_report.GUARD_WEIGHT)
+    paper = opt_report.Recipe("paper", 0.05)
+    assert paper.content == "perc" and paper.guard == 0
 
 
 def test_recipe_refuses_prompt_options_for_the_paper_objective(opt_report):
@@ -101,6 +140,8 @@ def test_recipe_refuses_prompt_options_for_the_paper_objective(opt_report):
         opt_report.Recipe("paper", beta=0.05, enough="start-each")
     with pytest.raises(ValueError, match="prompt objective only"):
         opt_report.Recipe("paper", beta=0.05, content="struct")
+    with pytest.raises(ValueError, match="prompt objective only"):
+        opt_report.Recipe("paper", beta=0.05, guard=10.0)
 
 
 def test_content_terms_report(opt_report, tmp_path):
