@@ -66,6 +66,17 @@ def test_disentangle_with_tensorwise_adam_learns_only_from_the_switch(tiny_pipe_
     assert (history["lambda_0"] == 0.0).all()  # the c0 step before the switch was not learned
 
 
+def test_disentangle_with_floors_adds_a_silent_floor_per_term(tiny_pipe_dir, clip_dir, tmp_path):
+    argv = ["disentangle", "--c0", C0, "--c1", C1, "--switch", "1", "--steps", str(STEPS), "--iters", "2",
+            "--floors", "10", "--model", str(tiny_pipe_dir), "--clip", str(clip_dir), "--out", str(tmp_path / "out"),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    history = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    first = history.iloc[0]
+    assert first[["dir_floor", "perc_floor"]].tolist() == pytest.approx([0, 0], abs=1e-5)  # the start is the floor
+    assert first["loss"] == pytest.approx(first["dir"] + 0.05 * first["perc"], rel=1e-5)
+
+
 def test_transfer_reads_model_and_prompts_from_the_schedule(learned, clip_dir, tmp_path):
     out, _ = learned
     dest = tmp_path / "deep" / "transfer"
