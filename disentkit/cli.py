@@ -86,26 +86,18 @@ def _toy_evaluator(pipe):
 # ---- subcommands ---------------------------------------------------------------------------------------------------
 def cmd_disentangle(args) -> int:
     from .conditioning import encode
-    from .losses import paper_losses, with_floors
     from .noise import NoiseTape
     from .optimize import optimize, reference_init
-    from .sampling import sample
-    from .schedules import MixSchedule
 
     out = Path(args.out)
     pipe = _load(args)
     cond = encode(pipe, args.c0, args.c1)
     tape = NoiseTape.from_seed(pipe, args.seed, steps=args.steps, scheduler=args.scheduler, eta=args.eta)
     init = reference_init(args.steps, c0_steps=args.switch, late=args.late)
-    losses = paper_losses(_clip(args, pipe), args.c0, args.c1, args.beta)
-    if args.floors:  # no step may leave the image worse than the initial switch's on either term
-        pure_c0 = MixSchedule.constant(args.steps, 0.0)
-        start, reference = sample(pipe, cond, [init, pure_c0], tape, args.guidance, progress=False).pixels.chunk(2)
-        losses = with_floors(losses, start, reference, args.floors)
     result = optimize(
-        pipe, cond, init, tape, losses=losses, iters=args.iters, lr=args.lr, guidance=args.guidance,
-        checkpoint_dir=out / ".checkpoint", optimizer=args.optimizer,
-        learn_steps=args.switch if args.learn_from_switch else None, progress=not args.quiet,
+        pipe, cond, init, tape, iters=args.iters, lr=args.lr, beta=args.beta, guidance=args.guidance,
+        clip=_clip(args, pipe), checkpoint_dir=out / ".checkpoint", optimizer=args.optimizer,
+        learn_steps=args.switch if args.learn_from_switch else None, floors=args.floors, progress=not args.quiet,
     )  # fmt: skip
     save_image(result.reference_images[0], out / "original.png")
     save_image(result.images[0], out / "edited.png")
@@ -223,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learn-from-switch", action="store_true",
                    help="learn only the steps from --switch on; the first --switch steps stay pure c0")
     p.add_argument("--floors", type=float, default=0.0, metavar="WEIGHT",
-                   help="per-term floors of this weight at the initial switch's values (e.g. 10): the edit may not "
-                        "end worse than the switch on style or content; 0 (default): off")
+                   help="per-term floors of this weight at the initial switch's values (e.g. 10): ending worse than "
+                        "the switch on style or content is penalised; 0 (default): off")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--eta", type=float, default=0.0)

@@ -300,17 +300,20 @@ def with_floors(
     terms: dict[str, tuple[float, Loss]], start: torch.Tensor, reference: torch.Tensor, weight: float = 10.0
 ) -> dict[str, tuple[float, Loss]]:
     """``terms`` plus, for each term, ``weight x its weight x Hinge(term, its value on start)`` named
-    ``"<name>_floor"``: the optimiser still lowers the weighted sum, but no image may end up worse than the
-    ``start`` images on any one term (one floor per image, so the edit cannot trade one seed's style for another
-    seed's content). ``start`` (R, 3, H, W) are the images of the schedule the optimisation starts from, e.g. the
-    best single switch, and ``reference`` the pure-c0 images, both in [0, 1]. Floors are silent at the start, so the
-    first step follows the plain sum; they act once a term would get worse than where it began."""
+    ``"<name>_floor"``: the optimiser still lowers the weighted sum, and an image that ends up worse than its
+    ``start`` image on any one term is penalised for it (one floor per image, so the edit is discouraged from
+    trading one seed's style for another seed's content). A soft constraint: a large enough gain elsewhere can
+    still outweigh it. ``start`` (R, 3, H, W) are the images of the schedule the optimisation starts from and
+    ``reference`` the pure-c0 images, both in [0, 1]. Floors are silent at the start, so the first step follows the
+    plain sum. ``optimize(..., floors=W)`` does this for you with its own rendering of the start."""
     if start.shape != reference.shape:
         raise ValueError(f"start {tuple(start.shape)} and reference {tuple(reference.shape)} must match: one start "
                          "image per reference image (the same seeds, in the same order).")  # fmt: skip
     floors = {}
     with torch.no_grad():
         for name, (w, loss) in terms.items():
+            if f"{name}_floor" in terms:
+                raise ValueError(f"terms already hold {name}_floor; give floors to terms without them.")
             floors[f"{name}_floor"] = (float(weight) * float(w), Hinge(loss, loss(start, reference).detach()))
     return {**terms, **floors}
 

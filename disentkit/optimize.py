@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .conditioning import Conditioning
 from .errors import DisentkitError, PromptError
 from .files import atomic_path
-from .losses import Loss, load_clip, default_clip, paper_losses
+from .losses import Loss, default_clip, load_clip, paper_losses, with_floors
 from .noise import NoiseTape
 from .pipeline import pipeline_device, pipeline_dtype, toyworld_dir
 from .sampling import decode, denoise, to_pil
@@ -353,6 +353,7 @@ def optimize(
     keep: str = "best",
     optimizer: str = "adam",
     learn_steps=None,
+    floors: float = 0.0,
     progress: bool = True,
 ) -> OptimizeResult:
     """Learn the per-step weights of the styled prompt with Adam, starting from ``init_schedule``.
@@ -384,6 +385,10 @@ def optimize(
         learn_steps: which steps' weights are learned; the others keep their initial values. ``None``: all; an
             int ``k``: steps ``k..N-1`` (e.g. the switch step, so the c0 steps that lay out the content stay
             pure c0); or a slice, a list of step indices, or an (N,) bool mask.
+        floors: > 0 adds, for every loss term, ``floors x`` its weight ``x max(0, term - term at the start)`` per
+            image (:func:`~disentkit.losses.with_floors`), the start being ``init_schedule``'s own images rendered
+            as the optimiser renders them (so the floors are silent at iteration 0, autocast included): steps that
+            leave any image worse than the start on any term are penalised. 0: off.
         progress: show a progress bar.
     """
     if keep not in ("best", "last"):
@@ -398,6 +403,13 @@ def optimize(
         clip = default_clip(pipe)
     terms = as_loss_terms(losses, clip, cond, beta, device)
     objective = Objective(pipe, cond, tape, terms, guidance, grad_checkpoint, amp)
+    if floors:
+        if not floors > 0:
+            raise ValueError(f"floors is a weight >= 0 (e.g. 10), got {floors}.")
+        with torch.no_grad():  # the start's images and losses, through the very path (and precision) of iteration 0
+            start_pixels = objective.render(objective.expand(init_schedule.weights.to(device)))
+            with objective.autocast:
+                terms = objective.terms = with_floors(terms, start_pixels, objective.reference, floors)
 
     # The only tensor that ever requires a gradient.
     lam = init_schedule.weights.clone().to(device).requires_grad_(True)

@@ -399,27 +399,21 @@ keep or raise it late (style).
         "beta = 0.05          # weight of the perceptual loss (the paper: 0.03-0.05)\n"
         "optimizer = \"adam\"   # the paper's; \"tensorwise-adam\": each lambda moves in proportion to its gradient\n"
         "learn_from_switch = False  # True: learn only the steps from the switch on, the first ones stay pure c0\n"
-        "floors = 0.0         # > 0: per-seed floors of this weight at the start's loss values: no seed may get worse\n"
+        "floors = 0.0         # > 0: per-seed floors of this weight at the start's loss values (worse is penalised)\n"
         "clip = None          # CLIP for the losses; None: the default for the model (toyworld: the toy CLIP)\n"
     )),
     setup_cell(),
     code("""
-from disentkit.losses import default_clip, with_floors
-from disentkit.optimize import as_loss_terms, optimize, reference_init
+from disentkit.optimize import optimize, reference_init
 
 switch = notebooks.default_switch(model, steps)
 init = reference_init(steps, switch)
-start = dk.sample(pipe, cond, init, tape, guidance, progress=False)
-losses = as_loss_terms(None, clip or default_clip(pipe), cond, beta, device)  # the paper's L_dir + beta L_perc
-if floors:  # each term also gets a per-seed floor at its value on the start images
-    c0_images = dk.sample(pipe, cond, dk.MixSchedule.constant(steps, 0.0), tape, guidance, progress=False)
-    losses = with_floors(losses, start.pixels, c0_images.pixels, floors)
 live = widgets.LivePlot(x="iteration", title="loss per iteration")
 live
 """),
     code("""
-learned = optimize(pipe, cond, init, tape, losses=losses, iters=max(1, round(iters * scale)), lr=lr,
-                   guidance=guidance, optimizer=optimizer,
+learned = optimize(pipe, cond, init, tape, iters=max(1, round(iters * scale)), lr=lr, beta=beta,
+                   guidance=guidance, clip=clip, optimizer=optimizer, floors=floors,
                    learn_steps=switch if learn_from_switch else None, progress=False,
                    callback=lambda s: live({"iteration": s.iteration, **s.losses}))
 learned.schedule.save(out / "learned_schedule.json")
@@ -430,6 +424,7 @@ plotting.save_figure(fig, out / "lambda.png")
 fig
 """),
     code("""
+start = dk.sample(pipe, cond, init, tape, guidance, progress=False)
 fig = plotting.image_grid([*learned.reference_images, *start.images, *learned.images], rows=3,
                           row_labels=["c0", "initial switch", "learned"], col_labels=[f"seed {s}" for s in seeds])
 plotting.save_figure(fig, out / "images.png")
@@ -457,8 +452,9 @@ if evaluator is not None:
 moved toward `c1` in CLIP space, the perceptual term pulls back toward the `c0` image. The learned lambdas change
 most in the middle steps, the ones that decide between layout and detail. On a toy model with a toy CLIP the
 gains are small and noisy; the same cells on Stable Diffusion with OpenAI's CLIP reproduce the paper's setting.
-With `floors > 0` the optimiser only accepts what is at least as good as the start for every seed, in CLIP's eyes:
-where no step is, it keeps the start (`learned.best_iteration == 0`), which is an answer too.
+With `floors > 0` every seed that ends worse than the start on a term, in CLIP's eyes, is penalised, so the
+optimiser looks for steps that help without hurting any seed; where it finds none it keeps the start
+(`learned.best_iteration == 0`), which is an answer too.
 """),
 ]
 

@@ -119,6 +119,8 @@ def test_with_floors_adds_one_silent_floor_per_term_and_image():
     assert terms["style_floor"][1](moved, reference).tolist() == pytest.approx([0.0, 0.1])
     with pytest.raises(ValueError, match="one start image per reference image"):
         with_floors(terms, start[:1], reference)
+    with pytest.raises(ValueError, match="already hold content_floor"):  # floors on floors would be silent doubles
+        with_floors(terms, start, reference)
 
 
 def test_directional_loss_is_per_image_and_differentiable(clip):

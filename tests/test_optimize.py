@@ -239,20 +239,22 @@ def test_learn_steps_keeps_the_other_steps_at_their_start(pipe, clip, setup):
 
 
 def test_floors_start_silent_and_are_optimised_as_terms(pipe, clip, setup):
-    from disentkit.losses import paper_losses, with_floors
-
     cond, tape = setup
     init = reference_init(STEPS, c0_steps=1)
-    start = dk.sample(pipe, cond, init, tape, progress=False).pixels
-    reference = dk.sample(pipe, cond, dk.MixSchedule.constant(STEPS, 0.0), tape, progress=False).pixels
-    terms = with_floors(paper_losses(clip, C0, C1, beta=0.05), start, reference, weight=10)
-    result = optimize(pipe, cond, init, tape, losses=terms, iters=3, lr=0.1, keep="last", progress=False)
+    result = optimize(pipe, cond, init, tape, iters=3, lr=0.1, clip=clip, floors=10, keep="last", progress=False)
     h = result.history
+    assert result.meta["losses"] == pytest.approx({"dir": 1.0, "perc": 0.05, "dir_floor": 10.0, "perc_floor": 0.5})
     first = h.loc[h["iteration"] == 0].iloc[-1]
-    assert first["dir_floor"] == pytest.approx(0, abs=1e-5) and first["perc_floor"] == pytest.approx(0, abs=1e-5)
+    # The floors sit at the start's own values, rendered as the iterations render: silent at iteration 0.
+    assert first["dir_floor"] == 0 and first["perc_floor"] == 0
     total = first["dir"] + 0.05 * first["perc"] + 10 * first["dir_floor"] + 0.5 * first["perc_floor"]
     assert first["loss"] == pytest.approx(total, rel=1e-5)  # the floors are terms like any other, with their weights
-    assert (h[["dir_floor", "perc_floor"]] >= 0).all().all()
+    # Same gradient at the start as without floors (they are silent there), so the same first step.
+    plain = optimize(pipe, cond, init, tape, iters=1, lr=0.1, clip=clip, keep="last", progress=False).history
+    lams = [f"lambda_{i}" for i in range(STEPS)]
+    np.testing.assert_allclose(h.loc[h["iteration"] == 1, lams].to_numpy()[0], plain[lams].to_numpy()[-1], atol=1e-6)
+    with pytest.raises(ValueError, match="floors is a weight"):
+        optimize(pipe, cond, init, tape, iters=1, clip=clip, floors=-1, progress=False)
 
 
 def test_learn_steps_with_per_token_weights(pipe, clip, setup):

@@ -116,7 +116,7 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     assert expected[content] in md
     assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
     assert ("only the steps from the best switch on" in md) == from_switch
-    assert ("per-image floors against the best switch" in md) == bool(recipe.guard)
+    assert ("per-image floors at the start's values" in md) == bool(recipe.guard)
     assert "bar: all 5" not in md and "only 1 of the 5 pairs measured" in md
     # A report of some parts only renders those parts.
     some = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
@@ -151,3 +151,30 @@ def test_content_terms_report(opt_report, tmp_path):
     assert all(r["perc"] > 0 and r["struct"] > 0 for r in report["rows"])  # every change changes the image
     md = "\n".join(opt_report.content_terms_markdown(report))
     assert "| recolour (red) | style |" in md and "| moved 6 px | content |" in md
+
+
+def _old_report(opt_report, needed_unseen_seeds=None):
+    """A report as written before the per-seed edit was measured (no c0 side, no "needed"), or with one."""
+    switch, learned = _side(0.5, 0.8, 0.4), _side(0.5, 0.85, 0.42)
+    pair = {"c0": "a", "c1": "a, red", "best_switch": 2, "loss_first": 1.0, "loss_kept": 0.9, "kept_iteration": 3,
+            "train": _summary(switch, learned, 0.02), "unseen": _summary(switch, learned, 0.01)}  # fmt: skip
+    if needed_unseen_seeds is not None:
+        pair["train"] = _summary(switch, learned, 0.02, needed=(4, 0.5, 0.5))
+        pair["unseen"] = _summary(switch, learned, 0.01, needed=(needed_unseen_seeds, None, None))
+    settings = dict(steps=3, iters=3, switches=[1, 2], train=[42], unseen=[1000], scenes=1)
+    return {"settings": settings, **asdict(opt_report.Recipe()), "pairs": [pair], "device": "cpu", "seconds": 1.0,
+            "inversion": None, "memory": None}  # fmt: skip
+
+
+def test_render_rejudges_old_reports_and_says_what_it_cannot_judge(opt_report, tmp_path, capsys):
+    import json
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(_old_report(opt_report)))
+    assert opt_report.main(["--render", str(path)]) == 0
+    md = path.with_suffix(".md").read_text()
+    assert "n/a (this report has no per-seed edit)" in md and "n/a (no pair has an edit verdict)" in md
+    assert json.loads(path.read_text())["pairs"][0]["verdict"]["margin_share"] == pytest.approx(0.5)
+    path.write_text(json.dumps(_old_report(opt_report, needed_unseen_seeds=0)))  # every unseen c0 has the target
+    assert opt_report.main(["--render", str(path)]) == 0
+    assert "n/a (no unseen seed needs the edit)" in path.with_suffix(".md").read_text()
