@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -53,6 +54,7 @@ from disentkit.losses import (  # noqa: E402
     paper_losses,
     prompt_losses,
     psnr,
+    with_floors,
 )
 from disentkit.optimize import OPTIMIZERS, Objective, as_loss_terms, optimize, reference_init  # noqa: E402
 from disentkit.pipeline import toyworld_dir  # noqa: E402
@@ -78,6 +80,9 @@ PARTS = ("pairs", "contents", "inversion", "memory")
 TRAIN_SEED = 42  # the memory measurement's seed
 TRAIN_SEEDS = list(range(42, 58))  # one schedule is learned on all 16 (the mean loss), as optimize() does
 UNSEEN_SEEDS = list(range(1000, 1016))
+# More unseen seeds, for a sharper estimate than the bar's 16: a share over ~8 seeds that need an edit has a 95%
+# interval about +-30 points wide, so one 16-seed set can pass or fail a transfer by the luck of its draw.
+MORE_SEEDS = list(range(3000, 3048))
 TRANSFER_BAR = 0.8  # unseen seeds keep at least this share of the training seeds' gain
 STYLE_CONSTRAINT_WEIGHT = 10.0  # --enough start-each: weight of max(0, L_prompt - L_prompt of the start), per image
 GUARD_WEIGHT = 10.0  # the default recipe's per-image floors (Recipe.guard), as heavy as the style floor above
@@ -102,9 +107,14 @@ class Recipe:
     content: str | None = None  # prompt objective's content term: "struct" (default) or "perc"; the paper: "perc"
     start_later: int = 0  # start from c0 until best switch + this many steps (more content), learning from the switch on
     late: float = 1.0  # the start's weight after its switch (the paper's init: 1.0-1.2)
+    boost: float | None = None  # the start's weight from step boost_from on (more style once the content is settled)
+    boost_from: int = 20
     # Weight of per-image floors on top of the sum (optimize(floors=...)): a training image that falls behind the
     # start (the best switch) on any term is penalised. None: GUARD_WEIGHT for the prompt objective, 0 for the paper's.
     guard: float | None = None
+    # Where the floors are: "start" (the schedule the optimiser starts from; silent at iteration 0) or "switch" (the
+    # best switch's images, which a boosted start may be behind on content: the optimiser then has to win it back).
+    floors_at: str = "start"
 
     def __post_init__(self):
         if self.objective == "paper" and (self.enough is not None or self.content not in (None, "perc")):
@@ -115,6 +125,8 @@ class Recipe:
             object.__setattr__(self, "content", "perc" if self.objective == "paper" else "struct")
         if self.guard is None:
             object.__setattr__(self, "guard", 0.0 if self.objective == "paper" else GUARD_WEIGHT)
+        if self.floors_at not in ("start", "switch"):
+            raise ValueError(f"floors_at is 'start' or 'switch', not {self.floors_at!r}")
 
 
 def settings(quick: bool) -> dict:
@@ -124,7 +136,7 @@ def settings(quick: bool) -> dict:
     # The paper's switch range is 10-20 of 50; earlier switches are in because some toy attributes (colour) are
     # decided in the very first steps.
     return dict(steps=50, iters=10, switches=[2, 3, 4, 5, 6, 8, 10, 15, 20, 25, 30], train=TRAIN_SEEDS,
-                unseen=UNSEEN_SEEDS, scenes=4)  # fmt: skip
+                unseen=UNSEEN_SEEDS, more=MORE_SEEDS, scenes=4)  # fmt: skip
 
 
 # ---- judging edits ----------------------------------------------------------------------------------------------
@@ -146,6 +158,17 @@ def edit_success(edits: dict[str, dict], c0: dict) -> dict:
         out[name] = float(d["reached"][needed].mean()) if needed.any() else None
         out[f"{name}_iou"] = float(d["iou"][needed].mean()) if needed.any() else None
     return out
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval (95% by default) of a share of ``successes`` in ``n``: honest at small n and at
+    shares of 0 or 1, where the normal approximation collapses to a point."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def verdicts(train: dict, unseen: dict) -> dict:
@@ -199,6 +222,17 @@ def style_alignment(clip, c0: str, c1: str, pixels: torch.Tensor, reference: tor
     return {name: float(pd.Series(v.float().cpu().numpy()).rank().corr(p)) for name, v in losses.items()}
 
 
+def start_schedule(steps: int, switch: int, late: float = 1.0, boost: float | None = None, boost_from: int = 20):
+    """Where the optimiser starts: the paper's init (c0 before ``switch``, ``late`` after it), with the weight
+    ``boost`` from step ``boost_from`` on if given (never before the switch)."""
+    init = reference_init(steps, switch, late)
+    if boost is None:
+        return init
+    weights = init.weights.clone()
+    weights[max(boost_from, switch) :] = boost
+    return dk.MixSchedule.from_array(weights, label=f"{init.label}, {boost:g} from {boost_from}")
+
+
 def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Recipe()) -> dict:
     steps = cfg["steps"]
     cond = dk.encode(pipe, c0, c1)
@@ -236,9 +270,13 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
         terms[name] = (recipe.keep_content, Hinge(terms[name][1], floor))
     start_k = min(best_k + recipe.start_later, steps - 1)
     # guard: improve the weighted sum, but penalise any training image that falls behind the start on any term
-    result = optimize(pipe, cond, reference_init(steps, start_k, recipe.late), train, losses=terms, iters=cfg["iters"],
+    init = start_schedule(steps, start_k, recipe.late, recipe.boost, recipe.boost_from)
+    floors = recipe.guard
+    if recipe.guard and recipe.floors_at == "switch":  # floors at the best switch's own images, not at the start's
+        terms, floors = with_floors(terms, pixels[1 + best], reference, recipe.guard), None
+    result = optimize(pipe, cond, init, train, losses=terms, iters=cfg["iters"],
                       lr=recipe.lr, optimizer=recipe.optimizer, learn_steps=best_k if recipe.learn_from_switch else None,
-                      floors=recipe.guard, progress=False)  # fmt: skip
+                      floors=floors, progress=False)  # fmt: skip
     seconds = time.perf_counter() - t0
     learned = judge(evaluator, result.pixels, reference, target)
     switch_train = per_switch[best]
@@ -253,6 +291,20 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
 
     # the unedited images: what the edit adds is measured from them (their IoU with themselves is 1)
     c0_train, c0_unseen = judge(evaluator, reference, reference, target), judge(evaluator, ref_u, ref_u, target)
+
+    # 4. more unseen seeds, not part of the bar: how far the 16 unseen seeds' share is from a sharper estimate
+    more_summary = None
+    if cfg.get("more"):
+        tape = dk.NoiseTape.from_seed(pipe, cfg["more"], steps=steps)
+        out = dk.sample(pipe, cond, [dk.MixSchedule.constant(steps, 0.0), switches[best], result.schedule], tape,
+                        max_batch=16, progress=False).pixels  # fmt: skip
+        M = tape.batch
+        ref_m = out[:M]
+        sides = {"c0": judge(evaluator, ref_m, ref_m, target),
+                 "switch": judge(evaluator, out[M : 2 * M], ref_m, target),
+                 "learned": judge(evaluator, out[2 * M :], ref_m, target)}  # fmt: skip
+        more_summary = {name: {k: float(np.mean(v)) for k, v in d.items()} for name, d in sides.items()}
+        more_summary["needed"] = edit_success({"switch": sides["switch"], "learned": sides["learned"]}, sides["c0"])
 
     mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
     train_gain = float(np.mean(learned["score"] - switch_train["score"]))
@@ -271,6 +323,7 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
         "train": train_summary,
         "unseen": unseen_summary,
         "verdict": verdicts(train_summary, unseen_summary),
+        "more": more_summary,
         "per_seed": {split: {name: {k: [round(float(x), 4) for x in d[k]] for k in ("style", "iou")}
                              for name, d in sides.items()}
                      for split, sides in (("train", {"c0": c0_train, "switch": switch_train, "learned": learned}),
@@ -479,9 +532,9 @@ def objective_text(report: dict) -> str:
     content = f"{beta:g} {term}"
     if report.get("keep_content"):
         content = f"{report['keep_content']:g} max(0, {term} - {term} of the best switch, per image)"
-    guard = report.get("guard")
-    guard = (f"; with per-image floors at the start's values (weight {guard:g} x each term's weight, on max(0, term - "
-             "its value at the start)): a training image that falls behind the start on any term is penalised"
+    guard, at = report.get("guard"), "the best switch" if report.get("floors_at") == "switch" else "the start"
+    guard = (f"; with per-image floors at {at}'s values (weight {guard:g} x each term's weight, on max(0, term - "
+             f"its value at {at})): a training image that falls behind {at} on any term is penalised"
              if guard else "")  # fmt: skip
     return (f"L_prompt + {content} (toy CLIP; L_prompt = -log P(c1) among the attribute's other values"
             f"{enough}){guard}")  # fmt: skip
@@ -496,13 +549,15 @@ def step_rule_text(report: dict) -> str:
     if report.get("start_later") or report.get("late", 1.0) != 1.0:
         start = (f", starting from c0 until {report.get('start_later', 0)} steps after the best switch, then "
                  f"{report.get('late', 1.0):g}")  # fmt: skip
+    if report.get("boost") is not None:
+        start += f", the start's weight {report['boost']:g} from step {report.get('boost_from', 20)} on"
     return f"{report['settings']['iters']} {name} iterations (lr {report.get('lr', 0.05):g}){where}{start}"
 
 
 def markdown(report: dict) -> str:
     lines = ["# Learned lambdas vs the best single switch (toyworld)"]
     if report["pairs"]:
-        lines += pairs_markdown(report)
+        lines += pairs_markdown(report) + more_seeds_markdown(report)
     if report.get("contents"):
         lines += content_terms_markdown(report["contents"])
     if report["inversion"]:
@@ -587,6 +642,35 @@ def pairs_markdown(report: dict) -> list[str]:
     return lines
 
 
+def more_seeds_markdown(report: dict) -> list[str]:
+    """The learned edit's share with 95% intervals on the training, the 16 unseen and the more unseen seeds."""
+    pairs = [p for p in report["pairs"] if p.get("more") and "needed" in p["train"] and "needed" in p["unseen"]]
+    if not pairs:
+        return []
+    n_more, n_unseen = len(report["settings"].get("more", [])), len(report["settings"]["unseen"])
+
+    def cell(needed: dict, side: str = "learned") -> str:
+        n, share = needed["seeds"], needed.get(side)
+        if not n or share is None:
+            return "n/a (no seed needs it)"
+        lo, hi = wilson(share * n, n)
+        return f"{share:.0%} of {n} [{lo:.0%}, {hi:.0%}]"
+
+    lines = ["", "How sure is the transfer verdict? The learned edit's share (seeds whose c0 image lacks the target) "
+             f"with 95% Wilson intervals, on the training seeds, the {n_unseen} unseen seeds of the bar, and {n_more} "
+             "more unseen seeds (not part of the bar; the best switch's own share beside it). Kept = share on the "
+             "more seeds / training share.", "",
+             f"| c0 -> c1 | training | {n_unseen} unseen | {n_more} more | kept on the {n_more} "
+             f"| the switch: training -> {n_more} more |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for p in pairs:
+        tr, un, more = p["train"]["needed"], p["unseen"]["needed"], p["more"]["needed"]
+        kept = (f"{more['learned'] / tr['learned']:.0%}" if tr.get("learned") and more.get("learned") is not None
+                else "n/a")  # fmt: skip
+        lines.append(f"| {p['c0']} -> {p['c1']} | {cell(tr)} | {cell(un)} | {cell(more)} | {kept} "
+                     f"| {cell(tr, 'switch')} -> {cell(more, 'switch')} |")  # fmt: skip
+    return lines
+
+
 def inversion_markdown(inv: dict) -> list[str]:
     lines = []
     lines += ["", f"## Inversion ({inv['steps']} steps; PSNR of the replay vs the VAE round trip of the image)", "",
@@ -651,7 +735,17 @@ def main(argv=None) -> int:
                     help="prompt objective: per-image floors at the start's values (optimize(floors=WEIGHT): "
                          "WEIGHT x each term's weight x max(0, term - its start value)), so a training image that "
                          f"loses style or content in CLIP's eyes is penalised (default {GUARD_WEIGHT:g}; 0: off)")
+    ap.add_argument("--floors-at", choices=["start", "switch"], default="start",
+                    help="where --guard's floors are: the start's images (default) or the best switch's (a boosted "
+                         "start that is behind on content must then win it back)")
     ap.add_argument("--late", type=float, default=1.0, help="the start's weight after its switch (paper: 1.0-1.2)")
+    ap.add_argument("--more-seeds", type=int, default=len(MORE_SEEDS), metavar="N",
+                    help=f"also apply both schedules to N more unseen seeds from {MORE_SEEDS[0]} on, for 95%% intervals "
+                         f"that are not part of the bar (default {len(MORE_SEEDS)}; 0: off)")
+    ap.add_argument("--train-seeds", type=int, default=len(TRAIN_SEEDS), metavar="N",
+                    help=f"learn on the N seeds from {TRAIN_SEEDS[0]} on (default {len(TRAIN_SEEDS)})")
+    ap.add_argument("--boost", type=float, nargs=2, default=None, metavar=("VALUE", "FROM"),
+                    help="the start's weight from step FROM on (e.g. 1.5 20: more style once the content is settled)")
     ap.add_argument("--pairs", nargs="+", type=int, default=None, metavar="I", choices=range(len(PAIRS)),
                     help=f"only these pairs (0..{len(PAIRS) - 1}, in the table's order), for quick experiments")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
@@ -691,6 +785,9 @@ def main(argv=None) -> int:
     cfg = settings(args.quick)
     if args.iters is not None:
         cfg["iters"] = args.iters
+    if not args.quick:
+        cfg["train"] = list(range(TRAIN_SEEDS[0], TRAIN_SEEDS[0] + args.train_seeds))
+        cfg["more"] = list(range(MORE_SEEDS[0], MORE_SEEDS[0] + args.more_seeds))
     content = args.content or ("perc" if args.objective == "paper" else "struct")
     if args.beta is not None:
         beta = args.beta
@@ -699,8 +796,9 @@ def main(argv=None) -> int:
     if args.objective == "paper" and (args.enough != "none" or content != "perc" or args.guard):
         ap.error("--enough, --content and --guard apply to the prompt objective only")
     enough = None if args.enough == "none" else args.enough if args.enough in ("start", "start-each") else float(args.enough)
+    boost, boost_from = (args.boost[0], int(args.boost[1])) if args.boost else (None, 20)
     recipe = Recipe(args.objective, beta, enough, args.keep_content, args.optimizer, args.lr, args.learn_from_switch,
-                    content, args.start_later, args.late, args.guard)
+                    content, args.start_later, args.late, boost, boost_from, args.guard, args.floors_at)
     chosen = [PAIRS[i] for i in args.pairs] if args.pairs is not None else PAIRS
     t0 = time.perf_counter()
     pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)

@@ -10,7 +10,8 @@ The paper's algorithm (Wu et al., CVPR 2023, Sec. 4) in one loop:
 
 Memory: the diffusion model is frozen (no weight gradients are ever built), and ``denoise(checkpoint=True)``
 recomputes each UNet call in the backward pass, so an iteration keeps one latent per step instead of every
-activation of every step. Loss networks are built once, before the loop; one decode per iteration.
+activation of every step; the decode recomputes its blocks the same way (``decode(checkpoint=True)``). Loss
+networks are built once, before the loop; one decode per iteration.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class Objective:
                 self.pipe, self.cond, lam_runs, self.tape, self.guidance,
                 checkpoint=self.grad_checkpoint, progress=False,
             )  # fmt: skip
-            return _at_least_fp32(decode(self.pipe, z))
+            return _at_least_fp32(decode(self.pipe, z, checkpoint=self.grad_checkpoint))
 
     def expand(self, lam: torch.Tensor) -> torch.Tensor:
         """(N,) or (N, T) weights shared by every run -> (R, N, T)."""
@@ -370,7 +371,8 @@ def optimize(
         guidance: classifier-free guidance scale (the paper: 7.5).
         clip: a loaded :class:`~disentkit.losses.Clip`, a folder or hub id (default: the toy CLIP for toyworld,
             ``openai/clip-vit-base-patch32`` otherwise). Only used when ``losses`` is None.
-        grad_checkpoint: recompute each UNet call in the backward pass (much less memory, about 1.3x the time).
+        grad_checkpoint: recompute each UNet call, and each block of the VAE decoder, in the backward pass (much
+            less memory, about 1.3x the time).
         amp: mixed precision on CUDA for float32 models (True: bf16 if supported, else fp16; or a dtype). No
             effect on CPUs.
         checkpoint_dir: save the state after every iteration (atomically) and resume from it when called again

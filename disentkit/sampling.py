@@ -11,9 +11,11 @@ Every run in a batch is one (prompt pair, schedule, seed) triple; all of them go
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -227,9 +229,48 @@ def denoise(
     return x
 
 
-def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def _checkpointed_decoder(vae: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block, each resnet, attention and upsampling layer of the VAE decoder keeps only its input and is
+    recomputed in the backward pass, so the backward holds one layer's activations at a time rather than the whole
+    decoder's. Finer than diffusers' block-level ``enable_gradient_checkpointing``, which recomputes a whole
+    full-resolution block at once (benchmarks/decode_memory.py compares them). Nothing on the VAE is changed outside
+    the block; a VAE without such layers, or one whose decoder a user already checkpoints that way (nesting the two
+    breaks torch's recomputation), runs as it is."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D, Upsample2D
+
+    decoder = getattr(vae, "decoder", None)
+    layers = []
+    if enabled and decoder is not None and not getattr(decoder, "gradient_checkpointing", False):
+        layers = [m for m in decoder.modules() if isinstance(m, (ResnetBlock2D, Attention, Upsample2D))]
+    own = [(m, m.__dict__.get("forward")) for m in layers]  # a forward a user set on the instance comes back too
+    for m in layers:
+        m.forward = functools.partial(_recompute_in_backward, m.forward)
+    try:
+        yield
+    finally:
+        for m, forward in own:
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
+
+
+def _recompute_in_backward(forward: Callable, *args, **kwargs):
+    # Non-reentrant: the layer's input needs no requires_grad of its own, keyword arguments pass, and autocast is
+    # replayed in the backward pass.
+    return activation_checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def decode(pipe, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
     """VAE-decode latents (R, C, h, w) to pixels (R, 3, H, W) in [0, 1]; differentiable. SDXL's VAE, which
-    overflows in half precision, decodes in float32 (see ``disentkit.pipeline.vae_in_safe_precision``)."""
+    overflows in half precision, decodes in float32 (see ``disentkit.pipeline.vae_in_safe_precision``).
+
+    ``checkpoint``: when gradients are on, recompute each layer of the decoder in the backward pass instead of
+    keeping its activations (about one more decoder forward; at full resolution those activations are most of an
+    optimisation iteration's peak, benchmarks/decode_memory.py). The images and gradients are the same.
+    """
     vae = pipe.vae
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:  # some SDXL-family VAEs normalise their latents per channel
@@ -239,7 +280,7 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
         latents = latents * std / vae.config.scaling_factor + mean
     else:
         latents = latents / vae.config.scaling_factor
-    with vae_in_safe_precision(pipe) as vae:
+    with vae_in_safe_precision(pipe) as vae, _checkpointed_decoder(vae, checkpoint and torch.is_grad_enabled()):
         image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1)
 

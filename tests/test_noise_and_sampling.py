@@ -245,3 +245,48 @@ def test_other_float16_vaes_run_as_they_are(kind, force_upcast):
         assert vae is pipe.vae
     with torch.no_grad():
         assert not torch.isfinite(dk.decode(pipe, torch.randn(1, 4, 8, 8, dtype=torch.float16))).all()
+
+
+def test_checkpointed_decode_gives_the_same_images_and_gradient(sd1_pipe):
+    """decode(checkpoint=True) recomputes the decoder's layers in the backward pass: same pixels, same gradient,
+    nothing left changed on the VAE, and the recomputation really happens (a resnet runs twice)."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 8, 8)
+    resnet = sd1_pipe.vae.decoder.up_blocks[-1].resnets[0]  # a full-resolution layer
+    # The recomputation calls the layer's forward (not its hooks) and stops once it has what the backward needs:
+    # a pre-hook on the layer's first convolution sees it.
+    calls = []
+    hook = resnet.conv1.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    try:
+        results = {}
+        for checkpoint in (False, True):
+            calls.clear()
+            latents = z.clone().requires_grad_(True)
+            pixels = dk.decode(sd1_pipe, latents, checkpoint=checkpoint)
+            (pixels * torch.linspace(0, 1, pixels.numel()).view_as(pixels)).sum().backward()
+            results[checkpoint] = (pixels.detach(), latents.grad, len(calls))
+            assert not any("forward" in m.__dict__ for m in sd1_pipe.vae.modules())  # every layer as it was
+        with torch.no_grad():  # without gradients there is nothing to recompute
+            calls.clear()
+            assert torch.equal(dk.decode(sd1_pipe, z, checkpoint=True), results[False][0]) and len(calls) == 1
+    finally:
+        hook.remove()
+    (plain, plain_grad, plain_calls), (ckpt, ckpt_grad, ckpt_calls) = results[False], results[True]
+    assert torch.equal(plain, ckpt)
+    torch.testing.assert_close(ckpt_grad, plain_grad, rtol=1e-5, atol=1e-6)
+    assert plain_calls == 1 and ckpt_calls == 2  # the layer ran again in the backward pass
+
+
+def test_checkpointed_decode_leaves_a_users_own_settings(sd1_pipe):
+    vae = sd1_pipe.vae
+    resnet = vae.decoder.up_blocks[-1].resnets[0]
+    own = resnet.forward  # a user's wrapper on the instance
+    resnet.forward = lambda *args, **kwargs: own(*args, **kwargs)
+    wrapper = resnet.forward
+    vae.enable_gradient_checkpointing()  # diffusers' block-level switch: then it is the one used
+    try:
+        dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+        assert resnet.forward is wrapper and vae.decoder.gradient_checkpointing is True
+    finally:
+        vae.disable_gradient_checkpointing()
+        del resnet.forward

@@ -84,7 +84,8 @@ def test_verdicts(opt_report):
 )
 def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimizer, from_switch, content, guard):
     clip = load_clip(save_tiny_clip(tmp_path / "clip"))
-    cfg = dict(steps=3, iters=1, switches=[1, 2], train=[42, 43], unseen=[1000, 1001], scenes=1)
+    cfg = dict(steps=3, iters=1, switches=[1, 2], train=[42, 43], unseen=[1000, 1001], more=[3000, 3001, 3002],
+               scenes=1)  # fmt: skip
     c0, c1, target = opt_report.PAIRS[1]
     recipe = opt_report.Recipe(objective, beta=0.05, optimizer=optimizer, learn_from_switch=from_switch, content=content,
                                guard=guard)
@@ -108,10 +109,15 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     for split in ("train", "unseen"):
         needed = row[split]["needed"]
         assert 0 <= needed["seeds"] <= 2 and set(needed) >= {"switch", "learned", "switch_iou", "learned_iou"}
+    # the more unseen seeds: all three sides judged, the c0 images against themselves
+    more = row["more"]
+    assert set(more) == {"c0", "switch", "learned", "needed"} and more["c0"]["iou"] == pytest.approx(1.0)
+    assert 0 <= more["needed"]["seeds"] <= 3 and 0 <= more["learned"]["reached"] <= 1
     md = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
                               "inversion": {"steps": 3, "rows": [], "summary": {}},
                               "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x\nskipped"}]})
     assert "best switch" in md and "of 1 pairs" in md and "rank correlation" in md and "edit gain" in md
+    assert "3 more unseen seeds" in md and "| kept on the 3 |" in md
     expected = {"perc": "L_prompt + 0.05 L_perc", None: "L_dir + 0.05 L_perc", "struct": "L_prompt + 0.05 L_struct"}
     assert expected[content] in md
     assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
@@ -125,6 +131,47 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     none = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [], "device": "cpu", "seconds": 1.0,
                                 "inversion": None, "memory": [{"grad_checkpoint": True, "steps": 3, "error": "x"}]})
     assert "best switch" not in none and "rank correlation" not in none and "Memory" in none
+
+
+def test_boosted_start_with_floors_at_the_best_switch(opt_report, sd1_pipe, tmp_path):
+    """--boost V S --floors-at switch: the optimiser starts above the best switch from step S on, and its floors are
+    the best switch's own values, which that start may already be behind on (so they need not be silent)."""
+    clip = load_clip(save_tiny_clip(tmp_path / "clip"))
+    cfg = dict(steps=4, iters=1, switches=[1], train=[42, 43], unseen=[1000], scenes=1)
+    recipe = opt_report.Recipe(beta=0.05, boost=1.5, boost_from=2, floors_at="switch", guard=10.0)
+    c0, c1, target = opt_report.PAIRS[1]
+    row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, recipe)
+    assert row["best_switch"] == 1
+    assert {k: v for k, v in row["loss_terms"].items() if k.endswith("_floor")} == pytest.approx(
+        {"prompt_floor": 10.0, "struct_floor": 0.5})
+    if row["kept_iteration"] == 0:  # kept its start: the boosted schedule itself
+        assert row["lambdas"] == pytest.approx([0, 1, 1.5, 1.5])
+    md = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
+                              "inversion": None, "memory": None})  # fmt: skip
+    assert "per-image floors at the best switch's values" in md and "the start's weight 1.5 from step 2 on" in md
+    with pytest.raises(ValueError, match="floors_at"):
+        opt_report.Recipe(floors_at="end")
+
+
+def test_start_schedule(opt_report):
+    plain = opt_report.start_schedule(6, 2)
+    assert plain.weights.tolist() == [0, 0, 1, 1, 1, 1]
+    boosted = opt_report.start_schedule(6, 2, late=1.2, boost=1.5, boost_from=4)
+    assert boosted.weights.tolist() == pytest.approx([0, 0, 1.2, 1.2, 1.5, 1.5])
+    early = opt_report.start_schedule(6, 3, boost=2.0, boost_from=1)  # a boost never starts before the switch
+    assert early.weights.tolist() == [0, 0, 0, 2, 2, 2]
+
+
+def test_wilson_interval(opt_report):
+    lo, hi = opt_report.wilson(0, 8)
+    assert lo == 0 and 0.3 < hi < 0.35  # none of 8: still up to about a third
+    lo, hi = opt_report.wilson(8, 8)
+    assert 0.65 < lo < 0.7 and hi == pytest.approx(1.0)
+    lo, hi = opt_report.wilson(4, 8)
+    assert lo < 0.5 < hi and hi - lo > 0.5  # half of 8: the interval spans more than 50 points
+    narrow = opt_report.wilson(24, 48)
+    assert narrow[1] - narrow[0] < hi - lo  # more seeds, a narrower interval
+    assert opt_report.wilson(0, 0) is None
 
 
 def test_recipe_defaults_are_the_measured_best_and_the_paper_keeps_its_own(opt_report):

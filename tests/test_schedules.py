@@ -43,6 +43,18 @@ def test_weights_may_leave_zero_one():
     assert s.weights.tolist() == pytest.approx([-0.5, 0.0, 1.0, 1.2])
 
 
+def test_from_array_takes_a_tensor_and_copies_it():
+    import warnings
+
+    source = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy 2 warns when np.array() is given a tensor directly
+        s = dk.MixSchedule.from_array(source * 2)
+    assert s.weights.tolist() == [0.0, 1.0, 2.0] and not s.weights.requires_grad
+    source.data[0] = 9.0
+    assert s.weights[0] == 0.0
+
+
 def test_length_error_says_how_to_fix():
     with pytest.raises(ScheduleLengthError, match=r"30 weights but the sampler runs 50 steps; use schedule.resample\(50\)"):
         dk.MixSchedule.constant(30, 1.0).check_steps(50)
