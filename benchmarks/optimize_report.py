@@ -86,6 +86,7 @@ MORE_SEEDS = list(range(3000, 3048))
 TRANSFER_BAR = 0.8  # unseen seeds keep at least this share of the training seeds' gain
 STYLE_CONSTRAINT_WEIGHT = 10.0  # --enough start-each: weight of max(0, L_prompt - L_prompt of the start), per image
 GUARD_WEIGHT = 10.0  # the default recipe's per-image floors (Recipe.guard), as heavy as the style floor above
+BOOST_FROM = 20  # --boost's default first step: by step 20 of 50 the toy layouts are settled (README)
 MIN_GAIN = 0.005  # a training gain smaller than this (score points) is no gain whose transfer could be judged
 
 
@@ -94,7 +95,8 @@ class Recipe:
     """How the optimiser is run for every pair: the objective, its weights, the step rule, which steps it learns.
 
     The defaults are the best recipe measured so far (README): the prompt loss with the structure content term and
-    per-image floors at the best switch's values, tensor-wise Adam, the steps before the best switch kept pure c0.
+    per-image floors at the start's values (the start is the best switch), tensor-wise Adam, the steps before the
+    best switch kept pure c0.
     ``Recipe("paper", 0.05, optimizer="adam", learn_from_switch=False)`` is the paper's own."""
 
     objective: str = "prompt"  # "prompt" (L_prompt + beta x content term) or "paper" (L_dir + beta L_perc)
@@ -108,12 +110,14 @@ class Recipe:
     start_later: int = 0  # start from c0 until best switch + this many steps (more content), learning from the switch on
     late: float = 1.0  # the start's weight after its switch (the paper's init: 1.0-1.2)
     boost: float | None = None  # the start's weight from step boost_from on (more style once the content is settled)
-    boost_from: int = 20
+    boost_from: int = BOOST_FROM
     # Weight of per-image floors on top of the sum (optimize(floors=...)): a training image that falls behind the
     # start (the best switch) on any term is penalised. None: GUARD_WEIGHT for the prompt objective, 0 for the paper's.
     guard: float | None = None
     # Where the floors are: "start" (the schedule the optimiser starts from; silent at iteration 0) or "switch" (the
     # best switch's images, which a boosted start may be behind on content: the optimiser then has to win it back).
+    # "switch" takes them from the sweep's float32 images: exact on a CPU, not the optimiser's precision under GPU
+    # autocast (where "start" renders them inside optimize).
     floors_at: str = "start"
 
     def __post_init__(self):
@@ -127,6 +131,8 @@ class Recipe:
             object.__setattr__(self, "guard", 0.0 if self.objective == "paper" else GUARD_WEIGHT)
         if self.floors_at not in ("start", "switch"):
             raise ValueError(f"floors_at is 'start' or 'switch', not {self.floors_at!r}")
+        if self.floors_at == "switch" and not self.guard:
+            raise ValueError("floors_at='switch' places the guard's floors: give a guard weight > 0 (e.g. 10)")
 
 
 def settings(quick: bool) -> dict:
@@ -222,15 +228,18 @@ def style_alignment(clip, c0: str, c1: str, pixels: torch.Tensor, reference: tor
     return {name: float(pd.Series(v.float().cpu().numpy()).rank().corr(p)) for name, v in losses.items()}
 
 
-def start_schedule(steps: int, switch: int, late: float = 1.0, boost: float | None = None, boost_from: int = 20):
+def start_schedule(steps: int, switch: int, late: float = 1.0, boost: float | None = None,
+                   boost_from: int = BOOST_FROM) -> dk.MixSchedule:  # fmt: skip
     """Where the optimiser starts: the paper's init (c0 before ``switch``, ``late`` after it), with the weight
-    ``boost`` from step ``boost_from`` on if given (never before the switch)."""
+    ``boost`` from step ``boost_from`` on if given (from the switch on, if that comes later)."""
     init = reference_init(steps, switch, late)
     if boost is None:
         return init
-    weights = init.weights.clone()
-    weights[max(boost_from, switch) :] = boost
-    return dk.MixSchedule.from_array(weights, label=f"{init.label}, {boost:g} from {boost_from}")
+    if not 0 <= boost_from < steps:
+        raise ValueError(f"boost_from is a step of the {steps}-step sampler (0..{steps - 1}), got {boost_from}.")
+    weights, first = init.weights.clone(), max(boost_from, switch)
+    weights[first:] = boost
+    return dk.MixSchedule.from_array(weights, label=f"{init.label}, {boost:g} from {first}")
 
 
 def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Recipe()) -> dict:
@@ -271,12 +280,12 @@ def pair_report(pipe, clip, evaluator, c0, c1, target, cfg, recipe: Recipe = Rec
     start_k = min(best_k + recipe.start_later, steps - 1)
     # guard: improve the weighted sum, but penalise any training image that falls behind the start on any term
     init = start_schedule(steps, start_k, recipe.late, recipe.boost, recipe.boost_from)
-    floors = recipe.guard
-    if recipe.guard and recipe.floors_at == "switch":  # floors at the best switch's own images, not at the start's
-        terms, floors = with_floors(terms, pixels[1 + best], reference, recipe.guard), None
+    floors_at_start = recipe.guard  # optimize() places these at its own rendering of the start
+    if recipe.floors_at == "switch":  # at the best switch's own images instead
+        terms, floors_at_start = with_floors(terms, pixels[1 + best], reference, recipe.guard), 0.0
     result = optimize(pipe, cond, init, train, losses=terms, iters=cfg["iters"],
                       lr=recipe.lr, optimizer=recipe.optimizer, learn_steps=best_k if recipe.learn_from_switch else None,
-                      floors=floors, progress=False)  # fmt: skip
+                      floors=floors_at_start, progress=False)  # fmt: skip
     seconds = time.perf_counter() - t0
     learned = judge(evaluator, result.pixels, reference, target)
     switch_train = per_switch[best]
@@ -550,7 +559,7 @@ def step_rule_text(report: dict) -> str:
         start = (f", starting from c0 until {report.get('start_later', 0)} steps after the best switch, then "
                  f"{report.get('late', 1.0):g}")  # fmt: skip
     if report.get("boost") is not None:
-        start += f", the start's weight {report['boost']:g} from step {report.get('boost_from', 20)} on"
+        start += f", the start's weight {report['boost']:g} from step {report.get('boost_from', BOOST_FROM)} on"
     return f"{report['settings']['iters']} {name} iterations (lr {report.get('lr', 0.05):g}){where}{start}"
 
 
@@ -741,9 +750,9 @@ def main(argv=None) -> int:
     ap.add_argument("--late", type=float, default=1.0, help="the start's weight after its switch (paper: 1.0-1.2)")
     ap.add_argument("--more-seeds", type=int, default=len(MORE_SEEDS), metavar="N",
                     help=f"also apply both schedules to N more unseen seeds from {MORE_SEEDS[0]} on, for 95%% intervals "
-                         f"that are not part of the bar (default {len(MORE_SEEDS)}; 0: off)")
+                         f"that are not part of the bar (default {len(MORE_SEEDS)}; 0: off; full size only)")
     ap.add_argument("--train-seeds", type=int, default=len(TRAIN_SEEDS), metavar="N",
-                    help=f"learn on the N seeds from {TRAIN_SEEDS[0]} on (default {len(TRAIN_SEEDS)})")
+                    help=f"learn on the N seeds from {TRAIN_SEEDS[0]} on (default {len(TRAIN_SEEDS)}; full size only)")
     ap.add_argument("--boost", type=float, nargs=2, default=None, metavar=("VALUE", "FROM"),
                     help="the start's weight from step FROM on (e.g. 1.5 20: more style once the content is settled)")
     ap.add_argument("--pairs", nargs="+", type=int, default=None, metavar="I", choices=range(len(PAIRS)),
@@ -796,9 +805,13 @@ def main(argv=None) -> int:
     if args.objective == "paper" and (args.enough != "none" or content != "perc" or args.guard):
         ap.error("--enough, --content and --guard apply to the prompt objective only")
     enough = None if args.enough == "none" else args.enough if args.enough in ("start", "start-each") else float(args.enough)
-    boost, boost_from = (args.boost[0], int(args.boost[1])) if args.boost else (None, 20)
+    boost, boost_from = (args.boost[0], args.boost[1]) if args.boost else (None, BOOST_FROM)
+    if not float(boost_from).is_integer():
+        ap.error(f"--boost V S: S is a step number, got {boost_from:g}")
+    if args.floors_at == "switch" and (args.guard == 0 or args.objective == "paper"):
+        ap.error("--floors-at switch places --guard's floors: it needs the prompt objective and a guard weight > 0")
     recipe = Recipe(args.objective, beta, enough, args.keep_content, args.optimizer, args.lr, args.learn_from_switch,
-                    content, args.start_later, args.late, boost, boost_from, args.guard, args.floors_at)
+                    content, args.start_later, args.late, boost, int(boost_from), args.guard, args.floors_at)
     chosen = [PAIRS[i] for i in args.pairs] if args.pairs is not None else PAIRS
     t0 = time.perf_counter()
     pipe = dk.load_pipeline(args.weights / "pipeline", device=args.device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -235,8 +236,8 @@ def _checkpointed_decoder(vae: torch.nn.Module, enabled: bool) -> Iterator[None]
     recomputed in the backward pass, so the backward holds one layer's activations at a time rather than the whole
     decoder's. Finer than diffusers' block-level ``enable_gradient_checkpointing``, which recomputes a whole
     full-resolution block at once (benchmarks/decode_memory.py compares them). Nothing on the VAE is changed outside
-    the block; a VAE without such layers, or one whose decoder a user already checkpoints that way (nesting the two
-    breaks torch's recomputation), runs as it is."""
+    the block; a VAE without such layers, or one whose decoder a user already checkpoints with diffusers' switch
+    (a second recomputation inside the first would be redundant), runs as it is."""
     from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
@@ -244,17 +245,30 @@ def _checkpointed_decoder(vae: torch.nn.Module, enabled: bool) -> Iterator[None]
     layers = []
     if enabled and decoder is not None and not getattr(decoder, "gradient_checkpointing", False):
         layers = [m for m in decoder.modules() if isinstance(m, (ResnetBlock2D, Attention, Upsample2D))]
-    own = [(m, m.__dict__.get("forward")) for m in layers]  # a forward a user set on the instance comes back too
-    for m in layers:
-        m.forward = functools.partial(_recompute_in_backward, m.forward)
+    saved_forwards = [(m, m.__dict__.get("forward")) for m in layers]  # a user's own instance forward comes back too
     try:
+        for m in layers:
+            m.forward = _checkpointed_forward(m)
         yield
     finally:
-        for m, forward in own:
+        for m, forward in saved_forwards:
             if forward is None:
-                del m.forward
+                m.__dict__.pop("forward", None)
             else:
                 m.forward = forward
+
+
+# One wrapper per layer, made once and reused: a new object on every call would make torch.compile, which guards on
+# a module's forward, recompile a compiled decoder at every iteration.
+_CHECKPOINTED_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _checkpointed_forward(layer: torch.nn.Module) -> Callable:
+    forward = layer.forward  # the user's instance forward if there is one, else the class's, bound
+    cached = _CHECKPOINTED_FORWARDS.get(layer)
+    if cached is None or cached.args[0] != forward:
+        cached = _CHECKPOINTED_FORWARDS[layer] = functools.partial(_recompute_in_backward, forward)
+    return cached
 
 
 def _recompute_in_backward(forward: Callable, *args, **kwargs):

@@ -86,8 +86,8 @@ class MixSchedule:
     @classmethod
     def from_array(cls, weights, label: str = "", meta: dict | None = None) -> "MixSchedule":
         """From any array-like of N (or N x T) weights: a list, a NumPy array or a tensor (copied, detached)."""
-        if isinstance(weights, torch.Tensor):  # np.array() on a tensor warns under NumPy 2
-            weights = weights.detach().cpu().numpy()
+        if isinstance(weights, torch.Tensor):  # np.array() on a tensor warns under NumPy 2; NumPy has no bfloat16
+            weights = weights.detach().to("cpu", torch.float32).numpy()
         return cls(torch.tensor(np.array(weights, dtype=np.float32)), label, dict(meta or {}))
 
     @classmethod

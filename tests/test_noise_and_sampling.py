@@ -280,13 +280,32 @@ def test_checkpointed_decode_gives_the_same_images_and_gradient(sd1_pipe):
 def test_checkpointed_decode_leaves_a_users_own_settings(sd1_pipe):
     vae = sd1_pipe.vae
     resnet = vae.decoder.up_blocks[-1].resnets[0]
-    own = resnet.forward  # a user's wrapper on the instance
-    resnet.forward = lambda *args, **kwargs: own(*args, **kwargs)
-    wrapper = resnet.forward
-    vae.enable_gradient_checkpointing()  # diffusers' block-level switch: then it is the one used
+    seen = []
+    own = resnet.forward
+
+    def wrapper(*args, **kwargs):  # a user's own forward on the instance: it runs, checkpointed, and comes back
+        seen.append(torch.is_grad_enabled())
+        return own(*args, **kwargs)
+
+    resnet.forward = wrapper
+    used = []  # the forward each call runs with, read as the layer is called
+    hook = resnet.register_forward_pre_hook(lambda module, args: used.append(module.forward))
     try:
-        dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
-        assert resnet.forward is wrapper and vae.decoder.gradient_checkpointing is True
+        for _ in range(2):
+            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+            assert resnet.forward is wrapper
+        assert len(seen) == 4  # forward and recomputation, twice
+        assert used[0] is used[1] and used[0] is not wrapper  # one checkpointed wrapper, made once and reused
+        hook.remove()
+        with pytest.raises(RuntimeError):  # a decode that fails half-way leaves nothing patched either
+            dk.decode(sd1_pipe, torch.randn(1, 3, 8, 8, requires_grad=True), checkpoint=True)
+        assert resnet.forward is wrapper
+        assert not any("forward" in m.__dict__ for m in vae.modules() if m is not resnet)
+        vae.enable_gradient_checkpointing()  # diffusers' block-level switch: then it is the one used
+        try:
+            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+            assert resnet.forward is wrapper and vae.decoder.gradient_checkpointing is True
+        finally:
+            vae.disable_gradient_checkpointing()
     finally:
-        vae.disable_gradient_checkpointing()
         del resnet.forward

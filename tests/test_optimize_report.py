@@ -133,24 +133,45 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     assert "best switch" not in none and "rank correlation" not in none and "Memory" in none
 
 
-def test_boosted_start_with_floors_at_the_best_switch(opt_report, sd1_pipe, tmp_path):
-    """--boost V S --floors-at switch: the optimiser starts above the best switch from step S on, and its floors are
-    the best switch's own values, which that start may already be behind on (so they need not be silent)."""
+@pytest.mark.parametrize("floors_at", ["start", "switch"])
+def test_boosted_start_and_where_the_floors_are(opt_report, sd1_pipe, tmp_path, monkeypatch, floors_at):
+    """--boost V S: the optimiser starts above the best switch from step S on. --floors-at start lets optimize()
+    place the floors at its own rendering of that start (silent at iteration 0); --floors-at switch places them at
+    the best switch's images, which the boosted start may already be behind on."""
+    from disentkit.losses import Hinge
+
+    seen, real_optimize = {}, opt_report.optimize
+
+    def spy(pipe, cond, init, tape, **kwargs):  # what pair_report hands the optimiser
+        seen.update(init=init.weights.tolist(), floors=kwargs["floors"], losses=kwargs["losses"])
+        return real_optimize(pipe, cond, init, tape, **kwargs)
+
+    monkeypatch.setattr(opt_report, "optimize", spy)
     clip = load_clip(save_tiny_clip(tmp_path / "clip"))
     cfg = dict(steps=4, iters=1, switches=[1], train=[42, 43], unseen=[1000], scenes=1)
-    recipe = opt_report.Recipe(beta=0.05, boost=1.5, boost_from=2, floors_at="switch", guard=10.0)
+    recipe = opt_report.Recipe(beta=0.05, boost=1.5, boost_from=2, floors_at=floors_at, guard=10.0)
     c0, c1, target = opt_report.PAIRS[1]
     row = opt_report.pair_report(sd1_pipe, clip, Evaluator.load(), c0, c1, target, cfg, recipe)
-    assert row["best_switch"] == 1
+    assert row["best_switch"] == 1 and seen["init"] == pytest.approx([0, 1, 1.5, 1.5])
     assert {k: v for k, v in row["loss_terms"].items() if k.endswith("_floor")} == pytest.approx(
         {"prompt_floor": 10.0, "struct_floor": 0.5})
-    if row["kept_iteration"] == 0:  # kept its start: the boosted schedule itself
-        assert row["lambdas"] == pytest.approx([0, 1, 1.5, 1.5])
+    if floors_at == "start":  # optimize() adds them itself
+        assert seen["floors"] == 10.0 and not any(k.endswith("_floor") for k in seen["losses"])
+    else:  # given to optimize() ready-made, at the best switch's images
+        assert seen["floors"] == 0.0 and isinstance(seen["losses"]["prompt_floor"][1], Hinge)
     md = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
                               "inversion": None, "memory": None})  # fmt: skip
-    assert "per-image floors at the best switch's values" in md and "the start's weight 1.5 from step 2 on" in md
+    where = "the best switch" if floors_at == "switch" else "the start"
+    assert f"per-image floors at {where}'s values" in md and "the start's weight 1.5 from step 2 on" in md
+
+
+def test_recipe_refuses_floors_it_cannot_place(opt_report):
     with pytest.raises(ValueError, match="floors_at"):
         opt_report.Recipe(floors_at="end")
+    with pytest.raises(ValueError, match="guard weight > 0"):
+        opt_report.Recipe(floors_at="switch", guard=0.0)
+    with pytest.raises(ValueError, match="boost_from is a step"):
+        opt_report.start_schedule(20, 10, boost=1.5, boost_from=20)  # --quick has 20 steps: step 20 is past the end
 
 
 def test_start_schedule(opt_report):

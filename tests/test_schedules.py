@@ -46,12 +46,15 @@ def test_weights_may_leave_zero_one():
 def test_from_array_takes_a_tensor_and_copies_it():
     import warnings
 
-    source = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    source = torch.tensor([0.0, 0.5, 1.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # NumPy 2 warns when np.array() is given a tensor directly
-        s = dk.MixSchedule.from_array(source * 2)
-    assert s.weights.tolist() == [0.0, 1.0, 2.0] and not s.weights.requires_grad
-    source.data[0] = 9.0
+        s = dk.MixSchedule.from_array(source)
+        graph = dk.MixSchedule.from_array(source.clone().requires_grad_(True) * 2)
+        bf16 = dk.MixSchedule.from_array(source.to(torch.bfloat16))  # NumPy has no bfloat16
+    assert s.weights.tolist() == [0.0, 0.5, 1.0] and bf16.weights.tolist() == [0.0, 0.5, 1.0]
+    assert graph.weights.tolist() == [0.0, 1.0, 2.0] and not graph.weights.requires_grad
+    source[0] = 9.0  # a copy: the schedule does not change with the tensor it came from
     assert s.weights[0] == 0.0
 
 
