@@ -259,16 +259,24 @@ def _checkpointed_decoder(vae: torch.nn.Module, enabled: bool) -> Iterator[None]
 
 
 # One wrapper per layer, made once and reused: a new object on every call would make torch.compile, which guards on
-# a module's forward, recompile a compiled decoder at every iteration.
+# a module's forward, recompile a compiled decoder at every iteration. The wrapper holds its layer weakly, so the
+# cache never keeps a VAE alive (vae_in_safe_precision makes a float32 copy per call for float16 SDXL VAEs).
 _CHECKPOINTED_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _checkpointed_forward(layer: torch.nn.Module) -> Callable:
-    forward = layer.forward  # the user's instance forward if there is one, else the class's, bound
+    own = layer.__dict__.get("forward")
+    if own is not None:  # a user's own forward on the instance: wrapped afresh, as it may hold the layer itself
+        return functools.partial(_recompute_in_backward, own)
     cached = _CHECKPOINTED_FORWARDS.get(layer)
-    if cached is None or cached.args[0] != forward:
-        cached = _CHECKPOINTED_FORWARDS[layer] = functools.partial(_recompute_in_backward, forward)
+    if cached is None:
+        cached = _CHECKPOINTED_FORWARDS[layer] = functools.partial(_recompute_layer, weakref.ref(layer))
     return cached
+
+
+def _recompute_layer(layer_ref: weakref.ref, *args, **kwargs):
+    layer = layer_ref()
+    return _recompute_in_backward(type(layer).forward, layer, *args, **kwargs)
 
 
 def _recompute_in_backward(forward: Callable, *args, **kwargs):
