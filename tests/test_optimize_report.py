@@ -123,7 +123,7 @@ def test_one_pair_end_to_end(opt_report, sd1_pipe, tmp_path, objective, optimize
     assert ("tensor-wise Adam" in md) == (optimizer == "tensorwise-adam")
     assert ("only the steps from the best switch on" in md) == from_switch
     assert ("per-image floors at the start's values" in md) == bool(recipe.guard)
-    assert "bar: all 5" not in md and "only 1 of the 5 pairs measured" in md
+    assert f"only 1 of the {len(opt_report.PAIRS)} pairs measured" in md and "Both tests pass for" in md
     # A report of some parts only renders those parts.
     some = opt_report.markdown({"settings": cfg, **asdict(recipe), "pairs": [row], "device": "cpu", "seconds": 1.0,
                                 "inversion": None, "memory": None})
@@ -232,6 +232,49 @@ def _old_report(opt_report, needed_unseen_seeds=None):
     settings = dict(steps=3, iters=3, switches=[1, 2], train=[42], unseen=[1000], scenes=1)
     return {"settings": settings, **asdict(opt_report.Recipe()), "pairs": [pair], "device": "cpu", "seconds": 1.0,
             "inversion": None, "memory": None}  # fmt: skip
+
+
+def test_both_tests_are_counted_per_pair_and_the_failures_named(opt_report):
+    switch = _side(0.5, 0.80, 0.40)
+    train = _summary(switch, _side(0.75, 0.80, 0.60), 0.20, needed=(12, 0.5, 0.75))
+    kept = _summary(switch, _side(0.7, 0.8, 0.525), 0.125, needed=(14, 0.5, 0.6375))  # 85% of the training gain
+    lost = _summary(switch, _side(0.6, 0.8, 0.475), 0.075, needed=(14, 0.5, 0.5))  # 67%
+    drifted = _summary(switch, _side(1.0, 0.79, 0.79), 0.39, needed=(12, 0.5, 1.0))  # more style, less content
+    pairs = []
+    tie = _summary(switch, switch, 0.0, needed=(12, 0.5, 0.5))  # the optimiser kept its start: the switch itself
+    for c1, tr, un, kept_at in (("a, red", train, kept, 3), ("a, blue", train, lost, 3), ("a, green", drifted, kept, 3),
+                                ("a, tie", tie, tie, 0)):  # fmt: skip
+        pairs.append({"c0": "a", "c1": c1, "best_switch": 2, "loss_first": 1.0, "loss_kept": 0.9,
+                      "kept_iteration": kept_at, "train": tr, "unseen": un, "verdict": opt_report.verdicts(tr, un)})
+    report = {"settings": dict(steps=3, iters=3, switches=[1, 2], train=[42], unseen=[1000], scenes=1),
+              **asdict(opt_report.Recipe()), "pairs": pairs}  # fmt: skip
+    text = "\n".join(opt_report.pairs_markdown(report))
+    assert "**Both tests pass for 2 of 4 pairs** (bar: at least 5; only 4 of the" in text
+    assert "On 1 of them the optimiser kept its start" in text and "Not for: a, blue; a, green." in text
+    assert "at least the best switch for **3 of 4 pairs**" in text and "**2 of 4** pairs with an edit gain" in text
+
+
+@pytest.mark.parametrize("pair", range(10))
+def test_alternatives_are_the_target_factors_other_values(opt_report, pair):
+    from disentkit.toyworld.scenes import FACTORS, parse_caption
+
+    _, c1, (factor, value) = opt_report.PAIRS[pair]
+    others = opt_report.alternatives(c1, (factor, value))
+    said = {parse_caption(c).get(factor, "photo" if factor == "rendering" else None) for c in others}
+    assert said == set(FACTORS[factor]) - {value} and len(others) == len(said)
+    for c in others:  # the same object, nothing else said
+        assert {k: v for k, v in parse_caption(c).items() if k != factor} == {"kind": parse_caption(c1)["kind"]}
+    with pytest.raises(ValueError, match="does not say"):
+        opt_report.alternatives(c1, (factor, "nonsense"))
+
+
+def test_pairs_cover_every_style_factor_twice(opt_report):
+    from collections import Counter
+
+    assert len(opt_report.PAIRS) >= opt_report.MIN_PAIRS
+    assert Counter(t[0] for _, _, t in opt_report.PAIRS) == dict.fromkeys(
+        ("expression", "color", "texture", "background", "rendering"), 2)
+    assert opt_report.PAIRS[0][1] == "a photo of a face, smiling"  # the paper's edit comes first
 
 
 def test_render_rejudges_old_reports_and_says_what_it_cannot_judge(opt_report, tmp_path, capsys):
