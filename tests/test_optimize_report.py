@@ -240,32 +240,65 @@ def test_both_tests_are_counted_per_pair_and_the_failures_named(opt_report):
     kept = _summary(switch, _side(0.7, 0.8, 0.525), 0.125, needed=(14, 0.5, 0.6375))  # 85% of the training gain
     lost = _summary(switch, _side(0.6, 0.8, 0.475), 0.075, needed=(14, 0.5, 0.5))  # 67%
     drifted = _summary(switch, _side(1.0, 0.79, 0.79), 0.39, needed=(12, 0.5, 1.0))  # more style, less content
-    pairs = []
     tie = _summary(switch, switch, 0.0, needed=(12, 0.5, 0.5))  # the optimiser kept its start: the switch itself
+    tie_lost = _summary(switch, switch, 0.0, needed=(14, 0.3, 0.3))  # ... whose edit does not transfer (60%)
+    unjudged = _summary(switch, _side(0.75, 0.80, 0.60), 0.20)  # a report without the per-seed edit
+    pairs = []
     for c1, tr, un, kept_at in (("a, red", train, kept, 3), ("a, blue", train, lost, 3), ("a, green", drifted, kept, 3),
-                                ("a, tie", tie, tie, 0)):  # fmt: skip
+                                ("a, tie", tie, tie, 0), ("a, stuck", tie, tie_lost, 0),
+                                ("a, old", unjudged, unjudged, 3)):  # fmt: skip
         pairs.append({"c0": "a", "c1": c1, "best_switch": 2, "loss_first": 1.0, "loss_kept": 0.9,
                       "kept_iteration": kept_at, "train": tr, "unseen": un, "verdict": opt_report.verdicts(tr, un)})
     report = {"settings": dict(steps=3, iters=3, switches=[1, 2], train=[42], unseen=[1000], scenes=1),
               **asdict(opt_report.Recipe()), "pairs": pairs}  # fmt: skip
     text = "\n".join(opt_report.pairs_markdown(report))
-    assert "**Both tests pass for 2 of 4 pairs** (bar: at least 5; only 4 of the" in text
-    assert "On 1 of them the optimiser kept its start" in text and "Not for: a, blue; a, green." in text
-    assert "at least the best switch for **3 of 4 pairs**" in text and "**2 of 4** pairs with an edit gain" in text
+    assert "**Both tests pass for 2 of 6 pairs** (bar: at least 5; only 6 of the" in text
+    # only the passing tie is counted as one, and only there is the learned schedule the switch itself
+    assert "On 1 of them the optimiser kept its start (a, tie): the learned schedule is the best switch itself" in text
+    assert ("Not for: a, blue (edit kept 67%); a, green (below the best switch on the training seeds, edit kept 64%); "
+            "a, stuck (edit kept 60%); a, old (no edit verdict).") in text
+    # the switch alone: it transfers where its own share does (all but "stuck"; "old" has no share to judge)
+    assert "the best switch alone passes both tests for 4 of 5 pairs" in text
+    assert "at least the best switch for **5 of 6 pairs** (2 of them only because" in text
+    assert "**2 of 5** pairs with an edit gain" in text
+    # a boosted start is not the best switch: a kept start is then not the switch itself
+    boosted = "\n".join(opt_report.pairs_markdown({**report, "boost": 1.5}))
+    assert "kept its start (a, tie)." in boosted and "the best switch itself" not in boosted
+    lines = "\n".join(opt_report.pairs_markdown({**report, "pairs": pairs[:1]}))
+    assert "kept its start" not in lines and "Not for" not in lines
 
 
-@pytest.mark.parametrize("pair", range(10))
-def test_alternatives_are_the_target_factors_other_values(opt_report, pair):
+def test_alternatives_are_the_target_factors_other_values(opt_report):
     from disentkit.toyworld.scenes import FACTORS, parse_caption
 
-    _, c1, (factor, value) = opt_report.PAIRS[pair]
-    others = opt_report.alternatives(c1, (factor, value))
-    said = {parse_caption(c).get(factor, "photo" if factor == "rendering" else None) for c in others}
-    assert said == set(FACTORS[factor]) - {value} and len(others) == len(said)
-    for c in others:  # the same object, nothing else said
-        assert {k: v for k, v in parse_caption(c).items() if k != factor} == {"kind": parse_caption(c1)["kind"]}
-    with pytest.raises(ValueError, match="does not say"):
-        opt_report.alternatives(c1, (factor, "nonsense"))
+    for _, c1, (factor, value) in opt_report.PAIRS:
+        others = opt_report.alternatives(c1, (factor, value))
+        said = {parse_caption(c).get(factor, "photo" if factor == "rendering" else None) for c in others}
+        assert said == set(FACTORS[factor]) - {value} and len(others) == len(said)
+        for c in others:  # the same object, nothing else said
+            assert {k: v for k, v in parse_caption(c).items() if k != factor} == {"kind": parse_caption(c1)["kind"]}
+    # c1 must say the target and nothing else, or the target would be among the "others"
+    for c1, target in (("a photo of a circle", ("background", "night")), ("a photo of a circle, red", ("color", "blue")),
+                       ("a photo of a circle, red, striped", ("texture", "striped")),
+                       ("a sketch of a circle, red", ("color", "red"))):  # fmt: skip
+        with pytest.raises(ValueError, match="is not a caption that says"):
+            opt_report.alternatives(c1, target)
+    with pytest.raises(ValueError, match="not one of"):
+        opt_report.alternatives("a photo of a circle, red", ("color", "nonsense"))
+
+
+def test_apply_schedules_judges_each_schedule_against_the_c0_image(opt_report, sd1_pipe):
+    import numpy as np
+
+    import disentkit as dk
+
+    cond = dk.encode(sd1_pipe, "a photo of a circle", "a photo of a circle, red")
+    same, other = dk.MixSchedule.constant(3, 0.0), dk.MixSchedule.constant(3, 1.0)
+    out = opt_report.apply_schedules(sd1_pipe, Evaluator.load(), cond, same, other, [1000, 1001], ("color", "red"))
+    assert set(out) == {"c0", "switch", "learned"}
+    assert np.allclose(out["c0"]["iou"], 1.0) and np.allclose(out["switch"]["iou"], 1.0)  # pure c0 is the reference
+    assert np.array_equal(out["switch"]["style"], out["c0"]["style"])
+    assert not np.array_equal(out["learned"]["style"], out["c0"]["style"])  # c1 throughout: other images
 
 
 def test_pairs_cover_every_style_factor_twice(opt_report):
