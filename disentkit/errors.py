@@ -45,3 +45,7 @@ class InvalidImageError(DisentkitError, ValueError):
 
 class UnknownSchedulerError(DisentkitError, ValueError):
     """A sampler name that disentkit does not know."""
+
+
+class MissingDependencyError(DisentkitError, ImportError):
+    """An optional package a feature needs is not installed (the message names it and the alternative)."""

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelNotFoundError
+from .errors import MissingDependencyError, ModelNotFoundError
 from .pipeline import resolve_device, toyworld_dir
 
 # CLIP's published preprocessing statistics (used when a model folder has no preprocessor_config.json).
@@ -244,13 +244,17 @@ class CLIPStructureLoss:
 
 
 class LPIPSLoss:
-    """LPIPS (Zhang et al. 2018) from the optional ``lpips`` package; its VGG/AlexNet weights must be available."""
+    """LPIPS (Zhang et al. 2018) from the optional ``lpips`` package; its VGG/AlexNet weights must be available
+    (``lpips`` fetches them through torchvision). Pixels in [0, 1], one distance per image."""
 
     def __init__(self, net: str = "alex", device: str | torch.device = "cpu"):
         try:
             import lpips  # noqa: PLC0415  (optional dependency)
         except ImportError as err:
-            raise ImportError("LPIPSLoss needs the optional `lpips` package; use CLIPPerceptualLoss instead.") from err
+            raise MissingDependencyError(
+                "LPIPSLoss needs the optional `lpips` package (pip install lpips, which needs torchvision); "
+                "without it use CLIPPerceptualLoss, the default perceptual term."
+            ) from err
         self.net = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False).to(device)
 
     def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -318,9 +322,24 @@ def with_floors(
     return {**terms, **floors}
 
 
-def paper_losses(clip: Clip, c0_text: str, c1_text: str, beta: float = 0.05) -> dict[str, tuple[float, Loss]]:
-    """The paper's objective as named, weighted terms: ``{"dir": (1, L_dir), "perc": (beta, L_perc)}``."""
-    return {"dir": (1.0, DirectionalCLIPLoss(clip, c0_text, c1_text)), "perc": (float(beta), CLIPPerceptualLoss(clip))}
+def paper_losses(
+    clip: Clip, c0_text: str, c1_text: str, beta: float = 0.05, perceptual: str | Loss = "clip"
+) -> dict[str, tuple[float, Loss]]:
+    """The paper's objective as named, weighted terms: ``{"dir": (1, L_dir), "perc": (beta, L_perc)}``.
+
+    ``perceptual``: ``"clip"`` (:class:`CLIPPerceptualLoss`, offline, the default), ``"lpips"``
+    (:class:`LPIPSLoss` with AlexNet, as the paper's code uses; needs the ``lpips`` package and its weights) or
+    your own ``fn(edited, reference) -> (R,)``. Never picked by what happens to be installed, so the same call
+    gives the same objective everywhere."""
+    if callable(perceptual):
+        content = perceptual
+    elif perceptual == "clip":
+        content = CLIPPerceptualLoss(clip)
+    elif perceptual == "lpips":
+        content = LPIPSLoss("alex", next(clip.model.parameters()).device)
+    else:
+        raise ValueError(f"perceptual is 'clip', 'lpips' or a loss fn(edited, reference), not {perceptual!r}.")
+    return {"dir": (1.0, DirectionalCLIPLoss(clip, c0_text, c1_text)), "perc": (float(beta), content)}
 
 
 def prompt_losses(

@@ -360,7 +360,8 @@ def optimize(
     """Learn the per-step weights of the styled prompt with Adam, starting from ``init_schedule``.
 
     Args:
-        pipe: a frozen pipeline from :func:`disentkit.load_pipeline`.
+        pipe: a pipeline from :func:`disentkit.load_pipeline` or diffusers. Its weights, and those of the loss
+            networks, are kept out of autograd for the call (``requires_grad`` is given back afterwards).
         cond: one prompt pair from :func:`disentkit.encode` (c0 neutral, c1 styled).
         init_schedule: N weights (N = ``tape.steps``), e.g. :func:`reference_init`; per-token (N, T) works too.
         tape: the fixed noise; with several seeds, one shared schedule is learned on all of them (mean loss).
@@ -371,8 +372,8 @@ def optimize(
         guidance: classifier-free guidance scale (the paper: 7.5).
         clip: a loaded :class:`~disentkit.losses.Clip`, a folder or hub id (default: the toy CLIP for toyworld,
             ``openai/clip-vit-base-patch32`` otherwise). Only used when ``losses`` is None.
-        grad_checkpoint: recompute each UNet call, and each block of the VAE decoder, in the backward pass (much
-            less memory, about 1.3x the time).
+        grad_checkpoint: recompute each UNet call, and each layer of the VAE decoder, in the backward pass (much
+            less memory; about 1.5x the time on the toy model, ``benchmarks/run.py`` figure 2).
         amp: mixed precision on CUDA for float32 models (True: bf16 if supported, else fp16; or a dtype). No
             effect on CPUs.
         checkpoint_dir: save the state after every iteration (atomically) and resume from it when called again
@@ -404,105 +405,139 @@ def optimize(
     if losses is None and clip is None:
         clip = default_clip(pipe)
     terms = as_loss_terms(losses, clip, cond, beta, device)
-    objective = Objective(pipe, cond, tape, terms, guidance, grad_checkpoint, amp)
-    if floors:
-        if not floors > 0:
-            raise ValueError(f"floors is a weight >= 0 (e.g. 10), got {floors}.")
-        with torch.no_grad():  # the start's images and losses, through the very path (and precision) of iteration 0
-            start_pixels = objective.render(objective.expand(init_schedule.weights.to(device)))
-            with objective.autocast:
-                terms = objective.terms = with_floors(terms, start_pixels, objective.reference, floors)
+    # Weights stay out of autograd even for a pipeline or loss network not loaded frozen (diffusers' from_pretrained
+    # leaves requires_grad on): otherwise every iteration would build gradients for ~1B weights.
+    with _weights_frozen(pipe, terms):
+        objective = Objective(pipe, cond, tape, terms, guidance, grad_checkpoint, amp)
+        if floors:
+            if not floors > 0:
+                raise ValueError(f"floors is a weight >= 0 (e.g. 10), got {floors}.")
+            with torch.no_grad():  # the start's images and losses, through the very path (and precision) of iteration 0
+                start_pixels = objective.render(objective.expand(init_schedule.weights.to(device)))
+                with objective.autocast:
+                    terms = objective.terms = with_floors(terms, start_pixels, objective.reference, floors)
 
-    # The only tensor that ever requires a gradient.
-    lam = init_schedule.weights.clone().to(device).requires_grad_(True)
-    adam = OPTIMIZERS[optimizer]([lam], lr=lr)
-    if mask is not None:  # steps not learned get no gradient, so no optimiser ever moves them
-        learned = mask.to(device) if lam.ndim == 1 else mask.to(device)[:, None]
-        lam.register_hook(lambda g: g.masked_fill(~learned, 0.0))
-        if isinstance(adam, TensorwiseAdam):  # the shared scale averages over the learned steps only
-            adam.param_groups[0]["mask"] = learned
-    # The backward runs in float16 under fp16 autocast and for a float16 model (SDXL in half precision, say): its
-    # gradients underflow without loss scaling.
-    fp16 = (isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16) or (
-        device.type == "cuda" and pipeline_dtype(pipe) == torch.float16
-    )
-    scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        # The only tensor that ever requires a gradient.
+        lam = init_schedule.weights.clone().to(device).requires_grad_(True)
+        adam = OPTIMIZERS[optimizer]([lam], lr=lr)
+        if mask is not None:  # steps not learned get no gradient, so no optimiser ever moves them
+            learned = mask.to(device) if lam.ndim == 1 else mask.to(device)[:, None]
+            lam.register_hook(lambda g: g.masked_fill(~learned, 0.0))
+            if isinstance(adam, TensorwiseAdam):  # the shared scale averages over the learned steps only
+                adam.param_groups[0]["mask"] = learned
+        # The backward runs in float16 under fp16 autocast and for a float16 model (SDXL in half precision, say): its
+        # gradients underflow without loss scaling.
+        fp16 = (isinstance(objective.autocast, torch.autocast) and objective.autocast.fast_dtype == torch.float16) or (
+            device.type == "cuda" and pipeline_dtype(pipe) == torch.float16
+        )
+        scaler = torch.amp.GradScaler("cuda") if fp16 else None
 
-    meta = {
-        "model": model_id(pipe),
-        "prompts": [cond.prompts0[0], cond.prompts1[0]],
-        "scheduler": tape.scheduler,
-        "steps": tape.steps,
-        "eta": tape.eta,
-        "guidance": float(guidance),
-        "seeds": list(tape.seeds),
-        "iters": int(iters),
-        "lr": float(lr),
-        "optimizer": optimizer,
-        "learn_steps": mask.nonzero().flatten().tolist() if mask is not None else "all",
-        "losses": {name: weight for name, (weight, _) in terms.items()},
-        "init": {"label": init_schedule.label, "weights": init_schedule.weights.tolist()},
-    }
-    history: list[dict] = []
-    start = 0
-    best: dict | None = None  # the lowest-loss weights seen: {"iteration", "loss", "lam"}
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    config = {k: v for k, v in meta.items() if k != "iters"}  # a longer run may resume a shorter one
-    if folder is not None and (state := _load_checkpoint(folder, config)) is not None:
-        if state["iteration"] > iters:
-            raise CheckpointMismatchError(
-                f"{folder} already holds {state['iteration']} iterations, more than iters={iters}; "
-                "ask for more or use another folder."
-            )
+        meta = {
+            "model": model_id(pipe),
+            "prompts": [cond.prompts0[0], cond.prompts1[0]],
+            "scheduler": tape.scheduler,
+            "steps": tape.steps,
+            "eta": tape.eta,
+            "guidance": float(guidance),
+            "seeds": list(tape.seeds),
+            "iters": int(iters),
+            "lr": float(lr),
+            "optimizer": optimizer,
+            "learn_steps": mask.nonzero().flatten().tolist() if mask is not None else "all",
+            "losses": {name: weight for name, (weight, _) in terms.items()},
+            "init": {"label": init_schedule.label, "weights": init_schedule.weights.tolist()},
+        }
+        history: list[dict] = []
+        start = 0
+        best: dict | None = None  # the lowest-loss weights seen: {"iteration", "loss", "lam"}
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        config = {k: v for k, v in meta.items() if k != "iters"}  # a longer run may resume a shorter one
+        if folder is not None and (state := _load_checkpoint(folder, config)) is not None:
+            if state["iteration"] > iters:
+                raise CheckpointMismatchError(
+                    f"{folder} already holds {state['iteration']} iterations, more than iters={iters}; "
+                    "ask for more or use another folder."
+                )
+            with torch.no_grad():
+                lam.copy_(state["lam"].to(device))
+            adam.load_state_dict(state["adam"])
+            if scaler is not None and state["scaler"] is not None:
+                scaler.load_state_dict(state["scaler"])
+            history, start = list(state["history"]), state["iteration"]
+            best = state.get("best")
+
+        bar = tqdm(range(start, iters), desc="optimizing lambdas", disable=not progress, initial=start, total=iters)
+        for it in bar:
+            adam.zero_grad(set_to_none=True)
+            total, values, pixels = objective(lam)
+            (scaler.scale(total) if scaler else total).backward()
+            grad = lam.grad if scaler is None else lam.grad / scaler.get_scale()
+            row = _history_row(it, total, values, lam, grad)
+            history.append(row)
+            lam_used = lam.detach().cpu().clone()  # the weights that made these images, before the update
+            if best is None or row["loss"] < best["loss"]:
+                best = {"iteration": it, "loss": row["loss"], "lam": lam_used}
+            if scaler is not None:
+                scaler.step(adam)
+                scaler.update()
+            else:
+                adam.step()
+            if folder is not None:
+                _save_checkpoint(folder, config, it + 1, lam, adam, scaler, history, best)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if callback is not None:
+                losses_now = {k: row[k] for k in ["loss", *terms]}
+                edited, reference = pixels.detach().cpu(), objective.reference.cpu()
+                callback(OptimizeStep(it, lam_used, losses_now, edited, reference, pd.DataFrame(history)))
+
+        # Evaluate the final weights once more: the last history row, and the images to return if they are kept.
         with torch.no_grad():
-            lam.copy_(state["lam"].to(device))
-        adam.load_state_dict(state["adam"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        history, start = list(state["history"]), state["iteration"]
-        best = state.get("best")
+            total, values, pixels = objective(lam)
+        history.append(_history_row(iters, total, values, lam, None))
+        final = lam.detach().cpu().clone()
+        if keep == "last" or best is None or history[-1]["loss"] <= best["loss"]:
+            kept, best_iteration = final, iters
+        else:  # an earlier iterate was better: render it again (no gradients) for the images
+            kept, best_iteration = best["lam"], int(best["iteration"])
+            with torch.no_grad():
+                pixels = objective(kept.to(device))[2]
+        meta["kept"] = {"rule": keep, "iteration": best_iteration}
+        schedule = MixSchedule(kept, "learned", meta)
+        pixels, reference = pixels.detach().float().cpu(), objective.reference.float().cpu()
+        return OptimizeResult(
+            schedule, to_pil(pixels), pixels, to_pil(reference), reference, pd.DataFrame(history), meta, best_iteration
+        )
 
-    bar = tqdm(range(start, iters), desc="optimizing lambdas", disable=not progress, initial=start, total=iters)
-    for it in bar:
-        adam.zero_grad(set_to_none=True)
-        total, values, pixels = objective(lam)
-        (scaler.scale(total) if scaler else total).backward()
-        grad = lam.grad if scaler is None else lam.grad / scaler.get_scale()
-        row = _history_row(it, total, values, lam, grad)
-        history.append(row)
-        lam_used = lam.detach().cpu().clone()  # the weights that made these images, before the update
-        if best is None or row["loss"] < best["loss"]:
-            best = {"iteration": it, "loss": row["loss"], "lam": lam_used}
-        if scaler is not None:
-            scaler.step(adam)
-            scaler.update()
+
+def _modules_in(obj, depth: int = 4):
+    """The torch modules in a pipeline, a loss term or a structure of them (dicts, lists, object attributes)."""
+    if isinstance(obj, torch.nn.Module):
+        yield obj
+    elif depth > 0 and not isinstance(obj, (torch.Tensor, str, bytes, int, float, type)):
+        if hasattr(obj, "components") and isinstance(obj.components, Mapping):  # a diffusers pipeline
+            children = obj.components.values()
+        elif isinstance(obj, Mapping):
+            children = obj.values()
+        elif isinstance(obj, (list, tuple)):
+            children = obj
         else:
-            adam.step()
-        if folder is not None:
-            _save_checkpoint(folder, config, it + 1, lam, adam, scaler, history, best)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if callback is not None:
-            losses_now = {k: row[k] for k in ["loss", *terms]}
-            edited, reference = pixels.detach().cpu(), objective.reference.cpu()
-            callback(OptimizeStep(it, lam_used, losses_now, edited, reference, pd.DataFrame(history)))
+            children = vars(obj).values() if hasattr(obj, "__dict__") else ()
+        for child in children:
+            yield from _modules_in(child, depth - 1)
 
-    # Evaluate the final weights once more: the last history row, and the images to return if they are kept.
-    with torch.no_grad():
-        total, values, pixels = objective(lam)
-    history.append(_history_row(iters, total, values, lam, None))
-    final = lam.detach().cpu().clone()
-    if keep == "last" or best is None or history[-1]["loss"] <= best["loss"]:
-        kept, best_iteration = final, iters
-    else:  # an earlier iterate was better: render it again (no gradients) for the images
-        kept, best_iteration = best["lam"], int(best["iteration"])
-        with torch.no_grad():
-            pixels = objective(kept.to(device))[2]
-    meta["kept"] = {"rule": keep, "iteration": best_iteration}
-    schedule = MixSchedule(kept, "learned", meta)
-    pixels, reference = pixels.detach().float().cpu(), objective.reference.float().cpu()
-    return OptimizeResult(
-        schedule, to_pil(pixels), pixels, to_pil(reference), reference, pd.DataFrame(history), meta, best_iteration
-    )
+
+@contextlib.contextmanager
+def _weights_frozen(*objects):
+    """``requires_grad=False`` on every weight of the modules in ``objects`` for the block; the weights that had it
+    on get it back afterwards, so the caller's models come out as they went in."""
+    thawed = {id(p): p for obj in objects for m in _modules_in(obj) for p in m.parameters() if p.requires_grad}
+    for p in thawed.values():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in thawed.values():
+            p.requires_grad_(True)
 
 
 def _history_row(it: int, total, values: dict, lam: torch.Tensor, grad) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from disentkit.errors import ModelNotFoundError
+from disentkit.errors import MissingDependencyError, ModelNotFoundError
 from disentkit.losses import (
     CLIP_MEAN,
     CLIPPerceptualLoss,
@@ -19,6 +19,7 @@ from disentkit.losses import (
     CLIPStructureLoss,
     DirectionalCLIPLoss,
     Hinge,
+    LPIPSLoss,
     load_clip,
     paper_losses,
     prompt_losses,
@@ -220,6 +221,40 @@ def test_load_clip_missing_folder_says_so(tmp_path):
 def test_paper_losses_are_weighted_as_in_the_paper(clip):
     terms = paper_losses(clip, "a", "b", beta=0.03)
     assert terms["dir"][0] == 1.0 and terms["perc"][0] == 0.03
+
+
+def test_paper_losses_take_lpips_or_your_own_perceptual_term(clip, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeLPIPS(torch.nn.Module):  # stands in for lpips.LPIPS, whose weights cannot be fetched here
+        def __init__(self, net, verbose):
+            super().__init__()
+            self.net, self.scale = net, torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, a, b):
+            calls.append((float(a.min()), float(a.max())))
+            return ((a - b) * self.scale).pow(2).mean(dim=(1, 2, 3), keepdim=True)  # lpips: (R, 1, 1, 1)
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=FakeLPIPS))
+    terms = paper_losses(clip, "a", "b", beta=0.03, perceptual="lpips")
+    weight, lpips_loss = terms["perc"]
+    assert weight == 0.03 and isinstance(lpips_loss, LPIPSLoss) and lpips_loss.net.net == "alex"
+    assert not any(p.requires_grad for p in lpips_loss.net.parameters())
+    edited, reference = torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+    assert lpips_loss(edited, reference).tolist() == [4.0, 4.0]  # [0, 1] pixels are given to LPIPS as [-1, 1]
+    assert calls == [(1.0, 1.0)]
+
+    own = lambda edited, reference: (edited - reference).abs().mean(dim=(1, 2, 3))  # noqa: E731
+    assert paper_losses(clip, "a", "b", perceptual=own)["perc"][1] is own
+    with pytest.raises(ValueError, match="'clip', 'lpips'"):
+        paper_losses(clip, "a", "b", perceptual="vgg")
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # not installed: a typed error that names the way out
+    with pytest.raises(MissingDependencyError, match="pip install lpips"):
+        paper_losses(clip, "a", "b", perceptual="lpips")
 
 
 def test_psnr():

@@ -13,7 +13,7 @@ from PIL import Image
 
 import disentkit as dk
 from disentkit.errors import ScheduleLengthError
-from disentkit.losses import tiny_clip
+from disentkit.losses import paper_losses, tiny_clip
 from disentkit.optimize import (
     CheckpointMismatchError,
     Objective,
@@ -93,6 +93,71 @@ def test_no_model_weight_ever_gets_a_gradient(pipe, clip, run):
         if isinstance(module, torch.nn.Module):
             for p in module.parameters():
                 assert not p.requires_grad and p.grad is None, f"{name} got a gradient"
+
+
+def test_weights_left_trainable_are_frozen_for_the_run_and_given_back():
+    # diffusers' from_pretrained leaves requires_grad on; optimize must not build weight gradients for such a
+    # pipeline (nor for a loss network, nor a user's own loss module) and must hand the models back as they came.
+    pipe = tiny_pipeline("sd1", seed=1)
+    clip = tiny_clip(seed=1)
+    user_net = torch.nn.Linear(3, 1)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, clip.model):
+        module.requires_grad_(True)
+    seen_trainable = []
+
+    class Brightness(torch.nn.Module):  # a user's loss with weights of its own
+        def __init__(self):
+            super().__init__()
+            self.net = user_net
+
+        def forward(self, edited, reference):
+            weights = [p for m in (pipe.unet, clip.model, self.net) for p in m.parameters()]
+            seen_trainable.append(any(p.requires_grad for p in weights))
+            return self.net(edited.mean(dim=(2, 3))).squeeze(1)
+
+    cond = dk.encode(pipe, C0, C1)
+    tape = dk.NoiseTape.from_seed(pipe, 42, steps=STEPS)
+    losses = {**paper_losses(clip, C0, C1), "user": (1.0, Brightness())}
+    result = optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, losses=losses, iters=2, progress=False)
+    assert result.history["grad_norm"].iloc[0] > 0  # the lambdas did get a gradient
+    assert seen_trainable and not any(seen_trainable)  # frozen while the losses ran
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, clip.model, user_net):
+        assert all(p.grad is None for p in module.parameters())
+        assert all(p.requires_grad for p in module.parameters())  # given back as they came
+
+    class Failing(torch.nn.Module):
+        def forward(self, edited, reference):
+            raise RuntimeError("a loss that breaks")
+
+    with pytest.raises(RuntimeError, match="a loss that breaks"):
+        optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, losses={"bad": Failing()}, progress=False)
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # given back after a failure too
+
+
+def test_one_decode_per_iteration_and_each_unet_call_recomputed_once(pipe, clip, setup, monkeypatch, tmp_path):
+    import sys
+
+    from disentkit.losses import save_tiny_clip
+
+    module = sys.modules["disentkit.optimize"]  # dk.optimize is also the function's name
+    decodes, clips_loaded, unet_calls = [], [], []
+    real_decode, real_load_clip = module.decode, module.load_clip
+    monkeypatch.setattr(module, "decode", lambda *a, **k: decodes.append(k.get("checkpoint")) or real_decode(*a, **k))
+    monkeypatch.setattr(module, "load_clip", lambda *a, **k: clips_loaded.append(a) or real_load_clip(*a, **k))
+    hook = pipe.unet.register_forward_hook(lambda *_: unet_calls.append(torch.is_grad_enabled()))
+    try:
+        cond, tape = setup
+        iters = 3
+        optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=iters, progress=False,
+                 clip=save_tiny_clip(tmp_path / "clip"))  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(clips_loaded) == 1  # the loss networks are built once, not per iteration
+    # The pure-c0 reference, one per iteration, and the final evaluation; each iteration's decode checkpointed.
+    assert len(decodes) == 1 + iters + 1 and all(decodes)
+    # One batched UNet call per step (both guidance branches together); each iteration's calls run once without
+    # autograd bookkeeping (reentrant checkpointing) and once more in the backward pass: 2 x STEPS per iteration.
+    assert len(unet_calls) == STEPS + iters * 2 * STEPS + STEPS
 
 
 def test_loss_decreases(run):
