@@ -12,6 +12,7 @@ local diffusers folder or a hub id; ``--clip`` any CLIP folder or hub id for the
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -119,7 +120,9 @@ def cmd_edit(args) -> int:
     from .transfer import fit_schedule
 
     out = Path(args.out)
+    image = load_image(args.input)  # a path that is not an image fails here, before the model is loaded
     pipe = _load(args)
+    image = load_image(image, model_image_size(pipe))  # resized (with one warning) if the model draws another size
     if args.schedule:
         schedule = MixSchedule.load(args.schedule)
         steps = args.steps or schedule.steps
@@ -131,12 +134,11 @@ def cmd_edit(args) -> int:
         guidance = args.guidance if args.guidance is not None else (7.5 if args.method == "exact" else 1.0)
     schedule = schedule.with_meta(prompts=[args.c0, args.c1], steps=steps, scheduler="ddim", guidance=guidance)
 
-    tape = invert(pipe, args.input, args.c0, steps=steps, method=args.method, guidance=guidance, progress=not args.quiet)
+    tape = invert(pipe, image, args.c0, steps=steps, method=args.method, guidance=guidance, progress=not args.quiet)
     cond = encode(pipe, args.c0, args.c1)
     result = sample(pipe, cond, [MixSchedule.constant(steps, 0.0), schedule], tape, guidance, progress=not args.quiet)
-    image = load_image(args.input, model_image_size(pipe))
     with torch.no_grad():
-        as_vae_sees_it = decode(pipe, encode_image(pipe, args.input)).float().cpu()
+        as_vae_sees_it = decode(pipe, encode_image(pipe, image)).float().cpu()
     reconstruction, edited = result.pixels[:1], result.pixels[1:]
     metrics = {
         "method": args.method,
@@ -227,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="the image (PNG, JPEG...)")
     p.add_argument("--c0", required=True, help="prompt describing the image")
     p.add_argument("--c1", required=True, help="styled prompt")
-    how = p.add_mutually_exclusive_group(required=True)
+    how = p.add_mutually_exclusive_group()
     how.add_argument("--schedule", help="a schedule file (e.g. from `disentkit disentangle`)")
-    how.add_argument("--switch", type=int, help="or a switch schedule: c0 for this many steps, then c1")
+    how.add_argument("--switch", type=int, default=20,
+                     help="or a switch schedule: c0 for this many steps, then c1 (the default, with 20)")
     p.add_argument("--late", type=float, default=1.0, help="lambda after --switch")
     p.add_argument("--steps", type=int, default=None, help="default: the schedule's, or 50")
     p.add_argument("--method", choices=["exact", "ddim"], default="exact", help="inversion method")
@@ -260,8 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except DisentkitError as err:
-        print(f"disentkit {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"disentkit {args.command}: {type(err).__name__}: {_for_the_command_line(err)}", file=sys.stderr)
         return 2
+
+
+def _for_the_command_line(err: DisentkitError) -> str:
+    """The error's message with its Python fix spelled as the flag that does the same."""
+    from .errors import ScheduleLengthError
+    from .transfer import ScheduleModelError
+
+    message = str(err)
+    if isinstance(err, (ScheduleLengthError, ScheduleModelError)):
+        message = re.sub(r"[;.]? ?(use schedule\.resample\(\d+\)[^.]*|Pass resample=True[^.]*)\.?$", "", message)
+        message += "; add --resample to adapt it."
+    return message
 
 
 if __name__ == "__main__":

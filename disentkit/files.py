@@ -9,6 +9,14 @@ import tempfile
 from pathlib import Path
 
 
+def _mode(full: int) -> int:
+    """``full`` (0o666 for files, 0o777 for folders) less the process umask: the mode ``open`` would have given.
+    tempfile makes its files 0o600 and its folders 0o700, private to their owner, which outputs should not be."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return full & ~umask
+
+
 class atomic_path:
     """Context manager giving a temporary path next to ``path``; on success it replaces ``path`` in one step.
 
@@ -26,6 +34,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
+            os.chmod(self.tmp, _mode(0o666))
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)
@@ -56,6 +65,7 @@ class atomic_dir:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
+            os.chmod(self.tmp, _mode(0o777))
             old = None
             if self.path.exists():
                 old = self.path.with_name(f".{self.path.name}.old")

@@ -49,7 +49,7 @@ def load_image(image, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read an image into pixels (1, 3, H, W) in [0, 1], float32.
 
     ``image``: a file path, a PIL image, a numpy array (H, W[, 3 or 4]) of uint8 or floats in [0, 1], or a torch
-    tensor (3, H, W) / (1, 3, H, W) in [0, 1]. If ``size`` = (H, W) is given and differs, the image is resized
+    tensor (3, H, W) / (1, 3, H, W) of floats in [0, 1] or uint8. If ``size`` = (H, W) is given and differs, the image is resized
     (with a warning: the model sees a rescaled image).
     """
     if isinstance(image, (str, os.PathLike)):
@@ -64,7 +64,8 @@ def load_image(image, size: tuple[int, int] | None = None) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         pixels = _from_numpy(image)
     elif isinstance(image, torch.Tensor):
-        pixels = image.detach().float().cpu()
+        pixels = image.detach().cpu()
+        pixels = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
         pixels = pixels[None] if pixels.ndim == 3 else pixels
         if pixels.ndim != 4 or pixels.shape[:2] != (1, 3):
             raise InvalidImageError(f"an image tensor must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}.")

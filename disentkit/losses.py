@@ -167,6 +167,7 @@ class DirectionalCLIPLoss:
 
     def __init__(self, clip: Clip, c0_text: str, c1_text: str):
         self.clip = clip
+        self.prompts = [c0_text, c1_text]
         t0, t1 = clip.encode_texts([c0_text, c1_text])
         self.text_direction = (t1 - t0)[None]  # (1, E), computed once
         self._reference: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -256,6 +257,7 @@ class LPIPSLoss:
                 "without it use CLIPPerceptualLoss, the default perceptual term."
             ) from err
         self.net = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False).to(device)
+        self.backbone = net
 
     def __call__(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         return self.net(edited * 2 - 1, reference * 2 - 1).flatten()  # lpips takes [-1, 1]
@@ -298,6 +300,27 @@ class Hinge:
         values = self.loss(edited, reference)
         floor = torch.as_tensor(self.floor, dtype=values.dtype, device=values.device)
         return (values - floor).clamp_min(0)
+
+
+def describe_loss(fn) -> str:
+    """What a loss term is, in one stable line: its kind, the CLIP it uses, its prompts and layers. Saved with a
+    learned schedule, and compared when an optimisation resumes, so that a checkpoint made with another CLIP or
+    other prompts is not resumed as if it were this one. Floors describe the term they guard (their values are
+    the start's, which the checkpoint's other settings already pin down)."""
+    if isinstance(fn, Hinge):
+        return f"Hinge({describe_loss(fn.loss)})"
+    kind = getattr(fn, "__qualname__", None) or type(fn).__qualname__  # a function's name, or an object's class
+    details = []
+    clip = getattr(fn, "clip", None)
+    if isinstance(clip, Clip):
+        path = Path(clip.name).expanduser()
+        inside_toyworld = path.exists() and path.resolve().is_relative_to(toyworld_dir())
+        details.append(f"clip={'toyworld' if inside_toyworld else clip.name}")
+    for attr in ("prompts", "layers", "backbone"):
+        value = getattr(fn, attr, None)
+        if isinstance(value, (list, tuple, str)):
+            details.append(f"{attr}={value if isinstance(value, str) else list(value)}")
+    return f"{kind}({', '.join(details)})"
 
 
 def with_floors(

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .conditioning import Conditioning
 from .errors import DisentkitError, PromptError
 from .files import atomic_path
-from .losses import Loss, default_clip, load_clip, paper_losses, with_floors
+from .losses import Loss, default_clip, describe_loss, load_clip, paper_losses, with_floors
 from .noise import NoiseTape
 from .pipeline import pipeline_device, pipeline_dtype, toyworld_dir
 from .sampling import decode, denoise, to_pil
@@ -326,6 +326,8 @@ def _load_checkpoint(folder: Path, config: dict) -> dict | None:
     # Checkpoints from before these options existed were made with Adam on every step.
     state["config"].setdefault("optimizer", "adam")
     state["config"].setdefault("learn_steps", "all")
+    # Before loss_terms were saved, nothing said which CLIP or prompts the terms used: such a checkpoint is trusted.
+    state["config"].setdefault("loss_terms", config.get("loss_terms"))
     if state["config"] != config:
         diff = sorted(k for k in config.keys() | state["config"].keys() if config.get(k) != state["config"].get(k))
         raise CheckpointMismatchError(
@@ -445,6 +447,7 @@ def optimize(
             "optimizer": optimizer,
             "learn_steps": mask.nonzero().flatten().tolist() if mask is not None else "all",
             "losses": {name: weight for name, (weight, _) in terms.items()},
+            "loss_terms": {name: describe_loss(fn) for name, (_, fn) in terms.items()},
             "init": {"label": init_schedule.label, "weights": init_schedule.weights.tolist()},
         }
         history: list[dict] = []

@@ -132,7 +132,7 @@ class MixSchedule:
         if self.steps != steps:
             raise ScheduleLengthError(
                 f"schedule {self.label!r} has {self.steps} weights but the sampler runs {steps} steps; "
-                f"use schedule.resample({steps})."
+                f"use schedule.resample({steps}) (or resample=True where a function offers it)."
             )
         return self
 

@@ -94,7 +94,8 @@ def test_transfer_with_another_step_count_fails_clearly_unless_resampled(learned
     out, _ = learned
     argv = ["transfer", str(out / "schedule.json"), "--seeds", "0", "--steps", "4", "--clip", str(clip_dir), "--out", str(tmp_path), "--quiet"]
     assert main(argv) == 2
-    assert "ScheduleLengthError" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ScheduleLengthError" in err and "add --resample" in err and "schedule.resample(" not in err  # a CLI fix
     assert main([*argv, "--resample"]) == 0
     assert len(json.loads((tmp_path / "schedule.json").read_text())["weights"]) == 4
 
@@ -134,6 +135,37 @@ def test_edit_of_a_non_image_fails_with_a_typed_error(tiny_pipe_dir, clip_dir, t
     code = main(["edit", "--input", str(bad), "--c0", C0, "--c1", C1, "--switch", "1", "--steps", "2",
                  "--model", str(tiny_pipe_dir), "--clip", str(clip_dir), "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
     assert code == 2 and "InvalidImageError" in capsys.readouterr().err
+    # Checked before any model is loaded: a model folder that does not exist is not even looked at.
+    code = main(["edit", "--input", str(bad), "--c0", C0, "--c1", C1, "--model", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert code == 2 and "InvalidImageError" in capsys.readouterr().err
+
+
+def test_edit_as_the_issue_writes_it_uses_the_default_switch(tiny_pipe_dir, clip_dir, photo_path, tmp_path):
+    # `disentkit edit --input photo.png --c0 ... --c1 ... --out DIR`: no schedule named, so c0 for 20 steps, then c1
+    # (disentangle's default start).
+    assert main(["edit", "--input", str(photo_path), "--c0", C0, "--c1", C1, "--steps", "24",
+                 "--model", str(tiny_pipe_dir), "--clip", str(clip_dir), "--out", str(tmp_path), "--quiet"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "schedule.json").read_text())["weights"] == [0.0] * 20 + [1.0] * 4
+    assert (tmp_path / "edited.png").is_file() and (tmp_path / "metrics.csv").is_file()
+
+
+def test_schedule_errors_name_the_flag_that_fixes_them():
+    from types import SimpleNamespace
+
+    from disentkit.cli import _for_the_command_line
+    from disentkit.errors import ScheduleLengthError
+    from disentkit.schedules import MixSchedule
+    from disentkit.transfer import ScheduleModelError, fit_schedule
+
+    schedule = MixSchedule.switch(3, 1).with_meta(model="model-a")
+    for error, call in ((ScheduleLengthError, lambda: fit_schedule(schedule, steps=4)),
+                        (ScheduleModelError, lambda: fit_schedule(schedule, SimpleNamespace(name_or_path="model-b")))):
+        with pytest.raises(error) as caught:
+            call()
+        assert "resample" in str(caught.value)  # the Python message says how to fix it in Python...
+        text = _for_the_command_line(caught.value)
+        assert text.endswith("; add --resample to adapt it.") and "resample(" not in text and "=True" not in text, text
 
 
 def test_parse_seeds():

@@ -121,7 +121,8 @@ def test_images_in_any_form_give_the_same_pixels(photo, tmp_path):
     Image.fromarray(photo).save(tmp_path / "p.png")
     from_array = load_image(photo)
     for other in [tmp_path / "p.png", str(tmp_path / "p.png"), Image.fromarray(photo), photo.astype(np.float32) / 255,
-                  from_array[0], np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])]:  # fmt: skip
+                  from_array[0], np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]),
+                  torch.from_numpy(photo).permute(2, 0, 1)]:  # fmt: skip  (the last: a uint8 tensor, 0..255)
         torch.testing.assert_close(load_image(other), from_array, rtol=0, atol=1e-6)
     assert from_array.shape == (1, 3, 32, 32) and from_array.dtype == torch.float32
 

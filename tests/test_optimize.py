@@ -13,7 +13,7 @@ from PIL import Image
 
 import disentkit as dk
 from disentkit.errors import ScheduleLengthError
-from disentkit.losses import paper_losses, tiny_clip
+from disentkit.losses import DirectionalCLIPLoss, paper_losses, tiny_clip
 from disentkit.optimize import (
     CheckpointMismatchError,
     Objective,
@@ -185,6 +185,8 @@ def test_history_callback_and_metadata(run):
     assert meta["prompts"] == [C0, C1]
     assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("ddim", STEPS, 7.5)
     assert "model" in meta
+    assert meta["loss_terms"] == {"dir": f"DirectionalCLIPLoss(clip=tiny-clip-0, prompts={[C0, C1]})",
+                                  "perc": "CLIPPerceptualLoss(clip=tiny-clip-0, layers=[1, 2])"}  # fmt: skip
     assert len(result.images) == 1 and result.pixels.shape == (1, 3, 32, 32)
 
 
@@ -249,6 +251,11 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(pipe, clip, setup
     other = "adam" if optimizer == "tensorwise-adam" else "tensorwise-adam"
     with pytest.raises(CheckpointMismatchError, match="optimizer"):
         optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, **{**kwargs, "optimizer": other})
+    # The same term names and weights computed by another CLIP, or with other prompts, are another optimisation.
+    for changed in (as_loss_terms(None, tiny_clip(seed=5), cond),
+                    {**terms, "dir": (1.0, DirectionalCLIPLoss(clip, C0, C1 + ", at night"))}):  # fmt: skip
+        with pytest.raises(CheckpointMismatchError, match="loss_terms"):
+            optimize(pipe, cond, init, tape, checkpoint_dir=tmp_path, **{**kwargs, "losses": changed})
 
 
 def test_tensorwise_adam_moves_each_weight_in_proportion_to_its_gradient():
@@ -370,7 +377,7 @@ def test_checkpoint_from_before_the_optimizer_option_still_resumes(pipe, clip, s
     kwargs = dict(losses=as_loss_terms(None, clip, cond), lr=0.1, progress=False)
     optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=1, checkpoint_dir=tmp_path, **kwargs)
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
-    del state["config"]["optimizer"], state["config"]["learn_steps"]  # what an older version wrote
+    del state["config"]["optimizer"], state["config"]["learn_steps"], state["config"]["loss_terms"]  # older versions
     torch.save(state, tmp_path / CHECKPOINT_FILE)
     seen = []
     optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=2, checkpoint_dir=tmp_path,
