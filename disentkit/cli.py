@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -128,6 +129,10 @@ def cmd_edit(args) -> int:
         steps = args.steps or schedule.steps
         schedule = fit_schedule(schedule, pipe, steps, args.resample)
         guidance = args.guidance if args.guidance is not None else float(schedule.meta.get("guidance", 7.5))
+        made_with = schedule.meta.get("scheduler", "ddim")
+        if made_with != "ddim":  # inversion runs DDIM; the lambdas were learned for another sampler
+            warnings.warn(f"{args.schedule} was made for the {made_with!r} sampler; the edit runs DDIM, the only "
+                          "sampler inversion supports, so its weights may act differently.", stacklevel=2)
     else:
         steps = args.steps or 50
         schedule = MixSchedule.switch(steps, args.switch, 0.0, args.late)

@@ -121,6 +121,18 @@ def test_edit_with_a_learned_schedule(learned, tiny_pipe_dir, clip_dir, photo_pa
     assert m["psnr_reconstruction_vs_vae_db"] > 40  # exact inversion: back to what the VAE makes of the photo
 
 
+def test_edit_warns_when_the_schedule_was_made_for_another_sampler(learned, tiny_pipe_dir, clip_dir, photo_path,
+                                                                    tmp_path):
+    out, _ = learned
+    data = json.loads((out / "schedule.json").read_text())
+    data["meta"]["scheduler"] = "dpm"
+    (tmp_path / "dpm.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="'dpm' sampler; the edit runs DDIM"):
+        assert main(["edit", "--input", str(photo_path), "--c0", C0, "--c1", C1, "--schedule", str(tmp_path / "dpm.json"),
+                     "--model", str(tiny_pipe_dir), "--clip", str(clip_dir), "--out", str(tmp_path / "o"), "--quiet"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "o" / "schedule.json").read_text())["meta"]["scheduler"] == "ddim"  # what it ran
+
+
 def test_edit_with_a_switch_and_ddim_inversion(tiny_pipe_dir, clip_dir, photo_path, tmp_path):
     assert main(["edit", "--input", str(photo_path), "--c0", C0, "--c1", C1, "--switch", "1", "--steps", "2",
                  "--method", "ddim", "--model", str(tiny_pipe_dir), "--clip", str(clip_dir), "--out", str(tmp_path), "--quiet"]) == 0  # fmt: skip
