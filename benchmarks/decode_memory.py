@@ -13,7 +13,9 @@ just before the decode); on a GPU, torch.cuda.max_memory_allocated. Writes decod
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -113,9 +115,13 @@ def main(argv=None) -> int:
             else:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    write_json_atomic(args.out / "decode_memory.json", {"device": args.device, "rows": rows})
-    write_text_atomic(args.out / "decode_memory.md", markdown(rows, args.device))
-    print(markdown(rows, args.device))
+    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    label = f"{args.device} ({name}, {when})"
+    write_json_atomic(args.out / "decode_memory.json", {"device": args.device, "device_name": name, "date": when,
+                                                        "rows": rows})  # fmt: skip
+    write_text_atomic(args.out / "decode_memory.md", markdown(rows, label))
+    print(markdown(rows, label))
     return 0
 
 

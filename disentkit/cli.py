@@ -121,22 +121,25 @@ def cmd_edit(args) -> int:
     from .transfer import fit_schedule
 
     out = Path(args.out)
-    image = load_image(args.input)  # a path that is not an image fails here, before the model is loaded
-    pipe = _load(args)
-    image = load_image(image, model_image_size(pipe))  # resized (with one warning) if the model draws another size
+    # What can fail without the model fails before it is loaded: the image, the schedule file, the switch step.
+    image = load_image(args.input)
     if args.schedule:
         schedule = MixSchedule.load(args.schedule)
         steps = args.steps or schedule.steps
+    else:
+        steps = args.steps or 50
+        switch = args.switch if args.switch is not None else round(0.4 * steps)  # disentangle's 20 of 50
+        schedule = MixSchedule.switch(steps, switch, 0.0, args.late)
+        guidance = args.guidance if args.guidance is not None else (7.5 if args.method == "exact" else 1.0)
+    pipe = _load(args)
+    image = load_image(image, model_image_size(pipe))  # resized (with one warning) if the model draws another size
+    if args.schedule:
         schedule = fit_schedule(schedule, pipe, steps, args.resample)
         guidance = args.guidance if args.guidance is not None else float(schedule.meta.get("guidance", 7.5))
         made_with = schedule.meta.get("scheduler", "ddim")
         if made_with != "ddim":  # inversion runs DDIM; the lambdas were learned for another sampler
             warnings.warn(f"{args.schedule} was made for the {made_with!r} sampler; the edit runs DDIM, the only "
                           "sampler inversion supports, so its weights may act differently.", stacklevel=2)
-    else:
-        steps = args.steps or 50
-        schedule = MixSchedule.switch(steps, args.switch, 0.0, args.late)
-        guidance = args.guidance if args.guidance is not None else (7.5 if args.method == "exact" else 1.0)
     schedule = schedule.with_meta(prompts=[args.c0, args.c1], steps=steps, scheduler="ddim", guidance=guidance)
 
     tape = invert(pipe, image, args.c0, steps=steps, method=args.method, guidance=guidance, progress=not args.quiet)
@@ -236,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c1", required=True, help="styled prompt")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--schedule", help="a schedule file (e.g. from `disentkit disentangle`)")
-    how.add_argument("--switch", type=int, default=20,
-                     help="or a switch schedule: c0 for this many steps, then c1 (the default, with 20)")
+    how.add_argument("--switch", type=int, default=None,
+                     help="or a switch schedule: c0 for this many steps, then c1 (the default: 40%% of the steps, "
+                          "20 of 50, as disentangle starts)")
     p.add_argument("--late", type=float, default=1.0, help="lambda after --switch")
     p.add_argument("--steps", type=int, default=None, help="default: the schedule's, or 50")
     p.add_argument("--method", choices=["exact", "ddim"], default="exact", help="inversion method")
@@ -280,7 +284,8 @@ def _for_the_command_line(err: DisentkitError) -> str:
     message = str(err)
     if isinstance(err, (ScheduleLengthError, ScheduleModelError)):
         message = re.sub(r"[;.]? ?(use schedule\.resample\(\d+\)[^.]*|Pass resample=True[^.]*)\.?$", "", message)
-        message += "; add --resample to adapt it."
+        message += "; add --resample to adapt it." if isinstance(err, ScheduleLengthError) else (
+            "; add --resample to apply it anyway.")
     return message
 
 

@@ -5,16 +5,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 
-def _mode(full: int) -> int:
-    """``full`` (0o666 for files, 0o777 for folders) less the process umask: the mode ``open`` would have given.
-    tempfile makes its files 0o600 and its folders 0o700, private to their owner, which outputs should not be."""
-    umask = os.umask(0)
+def _umask() -> int:
+    """The process umask. Read from /proc where Linux has it, since setting and restoring it (the only portable
+    way) is process-wide and races with threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    return full & ~umask
+    return umask
+
+
+def _mode(full: int, replaces: Path) -> int:
+    """The mode a finished file or folder gets: that of the one it replaces, else ``full`` (0o666 for files, 0o777
+    for folders) less the umask, as ``open`` or ``mkdir`` would give. tempfile makes its files 0o600 and its folders
+    0o700, private to their owner, which outputs should not be."""
+    try:
+        return stat.S_IMODE(replaces.stat().st_mode)
+    except OSError:
+        return full & ~_umask()
 
 
 class atomic_path:
@@ -34,7 +51,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            os.chmod(self.tmp, _mode(0o666))
+            os.chmod(self.tmp, _mode(0o666, self.path))
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)
@@ -65,7 +82,7 @@ class atomic_dir:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            os.chmod(self.tmp, _mode(0o777))
+            os.chmod(self.tmp, _mode(0o777, self.path))
             old = None
             if self.path.exists():
                 old = self.path.with_name(f".{self.path.name}.old")

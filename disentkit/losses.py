@@ -303,19 +303,22 @@ class Hinge:
 
 
 def describe_loss(fn) -> str:
-    """What a loss term is, in one stable line: its kind, the CLIP it uses, its prompts and layers. Saved with a
-    learned schedule, and compared when an optimisation resumes, so that a checkpoint made with another CLIP or
-    other prompts is not resumed as if it were this one. Floors describe the term they guard (their values are
-    the start's, which the checkpoint's other settings already pin down)."""
+    """What a loss term is, in one line: its kind, the CLIP it uses (by where it was loaded from), its prompts and
+    layers. Saved with a learned schedule, and compared when an optimisation resumes, so that a checkpoint made
+    with a CLIP from another place or with other prompts is not resumed as if it were this one. It names, it does
+    not fingerprint: other weights saved in the same folder, or two different lambdas, read the same. Floors
+    describe the term they guard (their values are the start's, which the checkpoint's other settings pin down)."""
     if isinstance(fn, Hinge):
         return f"Hinge({describe_loss(fn.loss)})"
     kind = getattr(fn, "__qualname__", None) or type(fn).__qualname__  # a function's name, or an object's class
     details = []
     clip = getattr(fn, "clip", None)
-    if isinstance(clip, Clip):
+    if isinstance(clip, Clip):  # by where it was loaded from: a folder by its absolute path, toyworld's by name
         path = Path(clip.name).expanduser()
-        inside_toyworld = path.exists() and path.resolve().is_relative_to(toyworld_dir())
-        details.append(f"clip={'toyworld' if inside_toyworld else clip.name}")
+        where = clip.name  # a hub id, or a name such as tiny-clip-0
+        if path.exists():
+            where = "toyworld" if path.resolve().is_relative_to(toyworld_dir()) else str(path.resolve())
+        details.append(f"clip={where}")
     for attr in ("prompts", "layers", "backbone"):
         value = getattr(fn, attr, None)
         if isinstance(value, (list, tuple, str)):

@@ -17,6 +17,8 @@ networks are built once, before the loop; one decode per iteration.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import operator
 import os
 from dataclasses import dataclass, field
@@ -512,21 +514,43 @@ def optimize(
         )
 
 
-def _modules_in(obj, depth: int = 4):
-    """The torch modules in a pipeline, a loss term or a structure of them (dicts, lists, object attributes)."""
+def _modules_in(obj, depth: int = 8, seen: set | None = None):
+    """The torch modules in a pipeline, a loss term or a structure of them: dicts, lists, object attributes (a
+    wrapped term's inner loss, a loss's CLIP), a function's closure, a partial's arguments, a bound method's
+    object. Each object is visited once; a module's own submodules come with its parameters."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth < 0:
+        return
+    seen.add(id(obj))
     if isinstance(obj, torch.nn.Module):
         yield obj
-    elif depth > 0 and not isinstance(obj, (torch.Tensor, str, bytes, int, float, type)):
-        if hasattr(obj, "components") and isinstance(obj.components, Mapping):  # a diffusers pipeline
-            children = obj.components.values()
-        elif isinstance(obj, Mapping):
-            children = obj.values()
-        elif isinstance(obj, (list, tuple)):
-            children = obj
-        else:
-            children = vars(obj).values() if hasattr(obj, "__dict__") else ()
-        for child in children:
-            yield from _modules_in(child, depth - 1)
+        return
+    if isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type)) or obj is None:
+        return
+    if isinstance(getattr(obj, "components", None), Mapping):  # a diffusers pipeline (or a view of one)
+        children = list(obj.components.values())
+    elif isinstance(obj, Mapping):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        children = list(obj)
+    elif isinstance(obj, functools.partial):
+        children = [obj.func, *obj.args, *obj.keywords.values()]
+    elif inspect.ismethod(obj):
+        children = [obj.__self__, obj.__func__]
+    elif inspect.isfunction(obj):
+        children = [cell.cell_contents for cell in obj.__closure__ or () if _cell_filled(cell)]
+    else:
+        children = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    for child in children:
+        yield from _modules_in(child, depth - 1, seen)
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -153,12 +153,16 @@ def test_edit_of_a_non_image_fails_with_a_typed_error(tiny_pipe_dir, clip_dir, t
     assert code == 2 and "InvalidImageError" in capsys.readouterr().err
 
 
-def test_edit_as_the_issue_writes_it_uses_the_default_switch(tiny_pipe_dir, clip_dir, photo_path, tmp_path):
-    # `disentkit edit --input photo.png --c0 ... --c1 ... --out DIR`: no schedule named, so c0 for 20 steps, then c1
-    # (disentangle's default start).
-    assert main(["edit", "--input", str(photo_path), "--c0", C0, "--c1", C1, "--steps", "24",
-                 "--model", str(tiny_pipe_dir), "--clip", str(clip_dir), "--out", str(tmp_path), "--quiet"]) == 0  # fmt: skip
-    assert json.loads((tmp_path / "schedule.json").read_text())["weights"] == [0.0] * 20 + [1.0] * 4
+@pytest.mark.parametrize("steps, c0_steps", [(None, 20), (24, 10), (3, 1)])
+def test_edit_as_the_issue_writes_it_uses_the_default_switch(tiny_pipe_dir, clip_dir, photo_path, tmp_path, steps,
+                                                              c0_steps):
+    # `disentkit edit --input photo.png --c0 ... --c1 ... --out DIR`: no schedule named, so c0 for 40% of the steps
+    # (disentangle's 20 of 50), then c1; also for runs shorter than 20 steps.
+    argv = ["edit", "--input", str(photo_path), "--c0", C0, "--c1", C1, "--model", str(tiny_pipe_dir),
+            "--clip", str(clip_dir), "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(argv if steps is None else [*argv, "--steps", str(steps)]) == 0
+    n = steps or 50
+    assert json.loads((tmp_path / "schedule.json").read_text())["weights"] == [0.0] * c0_steps + [1.0] * (n - c0_steps)
     assert (tmp_path / "edited.png").is_file() and (tmp_path / "metrics.csv").is_file()
 
 
@@ -177,7 +181,8 @@ def test_schedule_errors_name_the_flag_that_fixes_them():
             call()
         assert "resample" in str(caught.value)  # the Python message says how to fix it in Python...
         text = _for_the_command_line(caught.value)
-        assert text.endswith("; add --resample to adapt it.") and "resample(" not in text and "=True" not in text, text
+        fix = "adapt it" if error is ScheduleLengthError else "apply it anyway"
+        assert text.endswith(f"; add --resample to {fix}.") and "resample(" not in text and "=True" not in text, text
 
 
 def test_parse_seeds():

@@ -11,18 +11,27 @@ from disentkit.files import atomic_dir, atomic_path, write_text_atomic
 
 
 @pytest.fixture
-def umask_022():
+def umask():
     old = os.umask(0o022)
-    yield
+    yield lambda value: os.umask(value)
     os.umask(old)
 
 
-def test_written_files_and_folders_get_the_usual_modes(tmp_path, umask_022):
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_written_files_and_folders_get_the_modes_open_would_give(tmp_path, umask, mask, file_mode, dir_mode):
+    umask(mask)
     path = write_text_atomic(tmp_path / "a" / "metrics.csv", "x\n")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as open() would make it under umask 022
+    assert stat.S_IMODE(path.stat().st_mode) == file_mode
     with atomic_dir(tmp_path / "run") as folder:
         (folder / "f.txt").write_text("y")
-    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == dir_mode
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    path = write_text_atomic(tmp_path / "schedule.json", "old")
+    path.chmod(0o640)
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

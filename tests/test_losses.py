@@ -257,6 +257,20 @@ def test_paper_losses_take_lpips_or_your_own_perceptual_term(clip, monkeypatch):
         paper_losses(clip, "a", "b", perceptual="lpips")
 
 
+def test_describe_loss_names_the_clip_by_where_it_came_from(tmp_path, monkeypatch):
+    from disentkit.losses import describe_loss
+
+    save_tiny_clip(tmp_path / "clips" / "mine")
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = load_clip("clips/mine"), load_clip(tmp_path / "clips" / "mine")
+    texts = ("a photo of a face", "a photo of a face, smiling")
+    described = {describe_loss(DirectionalCLIPLoss(c, *texts)) for c in (relative, absolute)}
+    assert described == {f"DirectionalCLIPLoss(clip={(tmp_path / 'clips' / 'mine').resolve()}, prompts={list(texts)})"}
+    assert describe_loss(Hinge(CLIPPerceptualLoss(absolute, layers=[1]), 0.5)) == (
+        f"Hinge(CLIPPerceptualLoss(clip={(tmp_path / 'clips' / 'mine').resolve()}, layers=[1]))")
+    assert describe_loss(psnr) == "psnr()"
+
+
 def test_psnr():
     a = torch.zeros(1, 3, 4, 4)
     assert math.isinf(psnr(a, a).item())

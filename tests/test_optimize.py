@@ -3,6 +3,7 @@ gradient ever reaches a model weight, the loss goes down, and a checkpointed run
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 import disentkit as dk
 from disentkit.errors import ScheduleLengthError
-from disentkit.losses import DirectionalCLIPLoss, paper_losses, tiny_clip
+from disentkit.losses import DirectionalCLIPLoss, Hinge, paper_losses, tiny_clip
 from disentkit.optimize import (
     CheckpointMismatchError,
     Objective,
@@ -115,13 +116,28 @@ def test_weights_left_trainable_are_frozen_for_the_run_and_given_back():
             seen_trainable.append(any(p.requires_grad for p in weights))
             return self.net(edited.mean(dim=(2, 3))).squeeze(1)
 
+    # Networks reached only through a wrapper, a closure or a partial must be found too.
+    wrapped_clip, closure_net, partial_net = tiny_clip(seed=2), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    wrapped_clip.model.requires_grad_(True)
+
+    def by_closure(edited, reference):
+        seen_trainable.append(any(p.requires_grad for p in closure_net.parameters()))
+        return closure_net(edited.mean(dim=(2, 3))).squeeze(1) * 0
+
+    def with_net(net, edited, reference):
+        seen_trainable.append(any(p.requires_grad for p in [*net.parameters(), *wrapped_clip.model.parameters()]))
+        return net(edited.mean(dim=(2, 3))).squeeze(1) * 0
+
     cond = dk.encode(pipe, C0, C1)
     tape = dk.NoiseTape.from_seed(pipe, 42, steps=STEPS)
-    losses = {**paper_losses(clip, C0, C1), "user": (1.0, Brightness())}
+    losses = {**paper_losses(clip, C0, C1), "user": (1.0, Brightness()), "closure": (1.0, by_closure),
+              "partial": (1.0, functools.partial(with_net, partial_net)),
+              "hinge": (1.0, Hinge(DirectionalCLIPLoss(wrapped_clip, C0, C1), 10.0))}  # fmt: skip
     result = optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, losses=losses, iters=2, progress=False)
     assert result.history["grad_norm"].iloc[0] > 0  # the lambdas did get a gradient
-    assert seen_trainable and not any(seen_trainable)  # frozen while the losses ran
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, clip.model, user_net):
+    assert len(seen_trainable) >= 9 and not any(seen_trainable)  # frozen while the losses ran
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, clip.model, user_net, closure_net, partial_net,
+                   wrapped_clip.model):  # fmt: skip
         assert all(p.grad is None for p in module.parameters())
         assert all(p.requires_grad for p in module.parameters())  # given back as they came
 
