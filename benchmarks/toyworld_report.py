@@ -499,7 +499,6 @@ def _verdict(passed) -> str:
 def readme_section(r: dict) -> str:
     """The README's "What toyworld shows" section, every number taken from the report ``r`` (the parts it holds)."""
     cfg = r["config"]
-    steps = cfg["steps"]
     trained = r["model_info"].get("unet")
     parts = report_parts(r)
     where = ""
