@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +171,10 @@ def invert(
         return guided_output(pipe, x, t, c0, cond.uncond, guidance, pooled0, cond.pooled_uncond, time_ids)
 
     if method == "ddim":
-        return _ddim_inversion(pipe, z0, model, steps, progress)
-    return _exact_inversion(pipe, z0, model, steps, seed, progress)
+        tape = _ddim_inversion(pipe, z0, model, steps, progress)
+    else:
+        tape = _exact_inversion(pipe, z0, model, steps, seed, progress)
+    return replace(tape, guidance=float(guidance))  # sample() warns if asked to replay it under another
 
 
 def _ddim_inversion(pipe, z0, model, steps: int, progress: bool) -> NoiseTape:

@@ -11,6 +11,7 @@ the latent's shape per step. Hence a tape from seed s reproduces ``pipe(..., gen
 from __future__ import annotations
 
 import json
+import warnings
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +40,8 @@ class NoiseTape:
         steps: number of sampling steps N.
         eta: DDIM's eta (0 for other samplers).
         seeds: the seed of each run, or ``None`` for tapes that came from elsewhere (e.g. inversion).
+        guidance: for a tape from :func:`disentkit.invert`, the guidance it was inverted under: the one that gives
+            the image back (sampling with another warns). ``None`` for seeded tapes.
     """
 
     x_T: torch.Tensor
@@ -47,6 +50,7 @@ class NoiseTape:
     steps: int
     eta: float = 0.0
     seeds: tuple[int | None, ...] = ()
+    guidance: float | None = None
 
     def __post_init__(self):
         sampler_spec(self.scheduler)  # unknown names fail here, with the list of known ones
@@ -104,7 +108,8 @@ class NoiseTape:
             first._check_same_sampler(t.scheduler, t.steps, t.eta)
         noise = None if first.step_noise is None else torch.cat([t.step_noise for t in tapes], dim=1)
         seeds = tuple(s for t in tapes for s in t.seeds)
-        return replace(first, x_T=torch.cat([t.x_T for t in tapes]), step_noise=noise, seeds=seeds)
+        guidance = first.guidance if len({t.guidance for t in tapes}) == 1 else None  # mixed: none replays them all
+        return replace(first, x_T=torch.cat([t.x_T for t in tapes]), step_noise=noise, seeds=seeds, guidance=guidance)
 
     def select(self, index: int | Sequence[int]) -> "NoiseTape":
         """The sub-batch of runs ``index``."""
@@ -149,6 +154,16 @@ class NoiseTape:
                 )
         return self
 
+    def warn_if_guidance_differs(self, guidance: float) -> None:
+        """Warn when an inverted tape is sampled under another guidance than it was inverted with: the image does not
+        come back (an edit at another guidance on purpose may ignore it)."""
+        if self.guidance is not None and float(guidance) != self.guidance:
+            warnings.warn(
+                f"this tape was inverted under guidance {self.guidance:g} and gives its image back only under it; "
+                f"sampling with guidance {float(guidance):g}. Pass guidance={self.guidance:g} to reconstruct and edit.",
+                stacklevel=3,
+            )
+
     # ---- files --------------------------------------------------------------------------------------------
     def metadata(self) -> dict:
         return {
@@ -159,6 +174,7 @@ class NoiseTape:
             "latent_shape": list(self.latent_shape),
             "batch": self.batch,
             "seeds": list(self.seeds),
+            "guidance": self.guidance,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -195,6 +211,7 @@ class NoiseTape:
             steps=int(meta["steps"]),
             eta=float(meta["eta"]),
             seeds=tuple(meta["seeds"]),
+            guidance=meta.get("guidance"),  # absent from tapes saved before it was recorded
         )
         if list(tape.latent_shape) != meta["latent_shape"]:
             raise TapeFileError(f"{path}: header says latent shape {meta['latent_shape']}, data is {tape.latent_shape}.")

@@ -405,6 +405,7 @@ def optimize(
     init_schedule.check_steps(tape.steps)
     mask = learn_mask(learn_steps, tape.steps)
     tape.check(pipe)
+    tape.warn_if_guidance_differs(guidance)
     device = pipeline_device(pipe)
     if losses is None and clip is None:
         clip = default_clip(pipe)

@@ -362,6 +362,7 @@ def sample(
     if not schedules:
         raise InvalidScheduleError("no schedules given; pass a MixSchedule or a non-empty list of them.")
     tape.check(pipe, scheduler, steps, eta)
+    tape.warn_if_guidance_differs(guidance)
     weights = stack_weights(schedules, tape.steps, cond.tokens)  # (S, N, T)
     runs = run_index(cond.pairs, schedules, tape, cond)
     pair_idx, sched_idx, seed_idx = (torch.tensor(runs[c].tolist()) for c in ("pair", "schedule", "seed_index"))

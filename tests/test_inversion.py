@@ -160,3 +160,36 @@ def test_exact_inversion_on_sdxl(sdxl_pipe, photo):
     tape = invert(sdxl_pipe, photo, PROMPT, steps=4, method="exact", guidance=5.0, progress=False)
     out = _replay(sdxl_pipe, tape, 5.0)
     assert (out.latents - encode_image(sdxl_pipe, photo).cpu()).abs().max() < 1e-3
+
+
+def test_an_inverted_tape_remembers_its_guidance_and_warns_when_replayed_under_another(sd1_pipe, photo, tmp_path):
+    import warnings
+
+    tape = invert(sd1_pipe, photo, PROMPT, steps=4, method="exact", guidance=7.5, progress=False)
+    assert tape.guidance == 7.5
+    again = dk.NoiseTape.load(tape.save(tmp_path / "tape.safetensors"))
+    assert again.guidance == 7.5
+    cond = dk.encode(sd1_pipe, PROMPT, PROMPT + ", red")
+    plain = dk.MixSchedule.constant(4, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the guidance it was inverted with: silent
+        dk.sample(sd1_pipe, cond, plain, again, 7.5, progress=False)
+    with pytest.warns(UserWarning, match="inverted under guidance 7.5 .* Pass guidance=7.5"):
+        dk.sample(sd1_pipe, cond, plain, again, 1.0, progress=False)
+    seeded = dk.NoiseTape.from_seed(sd1_pipe, 0, steps=4, eta=1.0)
+    assert seeded.guidance is None  # a seeded tape replays nothing: any guidance is fine
+    assert dk.NoiseTape.concat([tape, tape]).guidance == 7.5
+    assert dk.NoiseTape.concat([tape, seeded]).guidance is None
+    assert tape.select([0]).guidance == 7.5
+
+
+def test_a_tape_saved_before_guidance_was_recorded_still_loads(sd1_pipe, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    tape = dk.NoiseTape.from_seed(sd1_pipe, 0, steps=4)
+    meta = tape.metadata()
+    del meta["guidance"]
+    save_file({"x_T": tape.x_T.contiguous()}, tmp_path / "old.safetensors", metadata={"disentkit": json.dumps(meta)})
+    assert dk.NoiseTape.load(tmp_path / "old.safetensors").guidance is None
