@@ -71,8 +71,10 @@ class Clip:
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (R, 3, H, W) in [0, 1] -> CLIP input (R, 3, S, S), differentiable.
 
-        Same recipe as CLIPImageProcessor: resize the short side to S, centre-crop S x S, normalise. Bilinear
-        with antialiasing stands in for PIL's bicubic; the difference is far below what CLIP can tell apart.
+        Same recipe as CLIPImageProcessor: resize the short side to S, centre-crop S x S, normalise. torch's
+        antialiased bicubic is PIL's bicubic kernel (the processor resizes with PIL); clamping to [0, 1] does what
+        PIL's 8-bit output does to the kernel's overshoot. What is left is the processor's rounding to 8 bits: a
+        512 px image agrees to about 0.001 on average (tested against CLIPImageProcessor).
         """
         size = self.image_size
         h, w = pixels.shape[-2:]
@@ -80,7 +82,7 @@ class Clip:
         new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
         x = pixels.float()
         if (new_h, new_w) != (h, w):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=new_h < h)
+            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         top, left = (new_h - size) // 2, (new_w - size) // 2
         x = x[..., top : top + size, left : left + size]
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)

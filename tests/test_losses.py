@@ -271,6 +271,34 @@ def test_describe_loss_names_the_clip_by_where_it_came_from(tmp_path, monkeypatc
     assert describe_loss(psnr) == "psnr()"
 
 
+@pytest.mark.parametrize("size", [64, 512, 640])
+def test_preprocess_matches_clips_own_image_processor(size):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from disentkit.losses import CLIP_STD, Clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers notes it falls back to PIL without torchvision
+        processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+                                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3)  # fmt: skip
+    blocks = np.random.default_rng(size).random((8, 10, 3))  # hard edges: where resampling kernels differ most
+    image = np.array(Image.fromarray((blocks * 255).astype(np.uint8)).resize((size * 5 // 4, size), 0))
+    expected = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"])
+    clip = SimpleNamespace(image_size=224, mean=CLIP_MEAN, std=CLIP_STD, device=torch.device("cpu"),
+                           model=SimpleNamespace(dtype=torch.float32))  # fmt: skip
+    got = Clip.preprocess(clip, torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+    assert got.shape == expected.shape == (1, 3, 224, 224)
+    error = (got - expected).abs()
+    if size > 224:  # shrinking: the same kernel; what is left is the processor's rounding to 8 bits
+        assert error.mean() < 0.002 and error.max() < 0.05, (float(error.mean()), float(error.max()))
+    else:  # enlarging 64 px images (toy scenes) for a 224 px CLIP
+        assert error.mean() < 0.005 and error.max() < 0.2, (float(error.mean()), float(error.max()))
+
+
 def test_psnr():
     a = torch.zeros(1, 3, 4, 4)
     assert math.isinf(psnr(a, a).item())
