@@ -73,8 +73,8 @@ class Clip:
 
         Same recipe as CLIPImageProcessor: resize the short side to S, centre-crop S x S, normalise. torch's
         antialiased bicubic is PIL's bicubic kernel (the processor resizes with PIL); clamping to [0, 1] does what
-        PIL's 8-bit output does to the kernel's overshoot. What is left is the processor's rounding to 8 bits: a
-        512 px image agrees to about 0.001 on average (tested against CLIPImageProcessor).
+        PIL's 8-bit output does to the kernel's overshoot (the gradient passes through as if unclamped). What is
+        left is the processor's rounding to 8 bits: 0.001-0.004 apart on average (tested against CLIPImageProcessor).
         """
         size = self.image_size
         h, w = pixels.shape[-2:]
@@ -82,7 +82,8 @@ class Clip:
         new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
         x = pixels.float()
         if (new_h, new_w) != (h, w):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+            x = x + (x.clamp(0, 1) - x).detach()  # clamped values, the kernel's gradient (also at edges)
         top, left = (new_h - size) // 2, (new_w - size) // 2
         x = x[..., top : top + size, left : left + size]
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)

@@ -157,7 +157,8 @@ class NoiseTape:
     def warn_if_guidance_differs(self, guidance: float) -> None:
         """Warn when an inverted tape is sampled under another guidance than it was inverted with: the image does not
         come back (an edit at another guidance on purpose may ignore it)."""
-        if self.guidance is not None and float(guidance) != self.guidance:
+        # Any scale <= 1 is "no guidance" to the sampler (the conditional prediction alone): those are the same.
+        if self.guidance is not None and max(float(guidance), 1.0) != max(self.guidance, 1.0):
             warnings.warn(
                 f"this tape was inverted under guidance {self.guidance:g} and gives its image back only under it; "
                 f"sampling with guidance {float(guidance):g}. Pass guidance={self.guidance:g} to reconstruct and edit.",
@@ -211,7 +212,7 @@ class NoiseTape:
             steps=int(meta["steps"]),
             eta=float(meta["eta"]),
             seeds=tuple(meta["seeds"]),
-            guidance=meta.get("guidance"),  # absent from tapes saved before it was recorded
+            guidance=None if meta.get("guidance") is None else float(meta["guidance"]),  # absent in older tapes
         )
         if list(tape.latent_shape) != meta["latent_shape"]:
             raise TapeFileError(f"{path}: header says latent shape {meta['latent_shape']}, data is {tape.latent_shape}.")

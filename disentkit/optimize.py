@@ -20,6 +20,7 @@ import contextlib
 import functools
 import inspect
 import operator
+import types
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,24 +516,27 @@ def optimize(
         )
 
 
-def _modules_in(obj, depth: int = 8, seen: set | None = None):
+def _modules_in(obj, depth: int = 8, seen: dict | None = None):
     """The torch modules in a pipeline, a loss term or a structure of them: dicts, lists, object attributes (a
-    wrapped term's inner loss, a loss's CLIP), a function's closure, a partial's arguments, a bound method's
-    object. Each object is visited once; a module's own submodules come with its parameters."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or depth < 0:
+    wrapped term's inner loss, a loss's CLIP, a loss module's plain attributes), a function's closure, a partial's
+    arguments, a bound method's object. Python modules (a closure may hold ``F``) are not entered. Each object is
+    walked once from the shallowest place it is reached; a module's own submodules come with its parameters."""
+    seen = {} if seen is None else seen
+    if depth < 0 or seen.get(id(obj), -1) >= depth:
         return
-    seen.add(id(obj))
+    seen[id(obj)] = depth
+    if isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleType)) or obj is None:
+        return
     if isinstance(obj, torch.nn.Module):
         yield obj
-        return
-    if isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type)) or obj is None:
-        return
-    if isinstance(getattr(obj, "components", None), Mapping):  # a diffusers pipeline (or a view of one)
+        # Its parameters cover its submodules; a plain attribute such as a loss module's Clip may hold more.
+        skip = {"_parameters", "_buffers", "_modules"}
+        children = [v for k, v in vars(obj).items() if k not in skip]
+    elif isinstance(obj, _pipeline_types()):
         children = list(obj.components.values())
     elif isinstance(obj, Mapping):
         children = list(obj.values())
-    elif isinstance(obj, (list, tuple, set)):
+    elif isinstance(obj, (list, tuple, set, frozenset)):
         children = list(obj)
     elif isinstance(obj, functools.partial):
         children = [obj.func, *obj.args, *obj.keywords.values()]
@@ -540,8 +544,17 @@ def _modules_in(obj, depth: int = 8, seen: set | None = None):
         children = [obj.__self__, obj.__func__]
     elif inspect.isfunction(obj):
         children = [cell.cell_contents for cell in obj.__closure__ or () if _cell_filled(cell)]
-    else:
-        children = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    else:  # any other object: its attributes, read without running properties or __getattr__
+        try:
+            children = list(object.__getattribute__(obj, "__dict__").values())
+        except (AttributeError, TypeError):
+            children = []
+        for cls in type(obj).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                try:
+                    children.append(object.__getattribute__(obj, slot))
+                except AttributeError:  # a slot never assigned
+                    pass
     for child in children:
         yield from _modules_in(child, depth - 1, seen)
 
@@ -552,6 +565,14 @@ def _cell_filled(cell) -> bool:
     except ValueError:  # a closure variable not assigned yet
         return False
     return True
+
+
+def _pipeline_types() -> tuple[type, ...]:
+    from diffusers import DiffusionPipeline
+
+    from .pipeline import _PipelineView
+
+    return (DiffusionPipeline, _PipelineView)
 
 
 @contextlib.contextmanager

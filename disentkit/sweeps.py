@@ -120,6 +120,7 @@ def sweep(
     if not schedules:
         raise InvalidScheduleError("no schedules given; pass a MixSchedule or a non-empty list of them.")
     tape.check(pipe)
+    tape.warn_if_guidance_differs(guidance)
     weights = stack_weights(schedules, tape.steps, cond.tokens)  # (S, N, T)
     runs = run_index(cond.pairs, schedules, tape, cond)
     S, B = len(schedules), tape.batch

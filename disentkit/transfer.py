@@ -106,7 +106,7 @@ def transfer(
         seeds: one seed, a list of seeds, or a :class:`NoiseTape` (e.g. from :func:`disentkit.invert`).
         cond: the prompt pair; default: the prompts in the schedule's metadata.
         steps: sampling steps; default: the schedule's (its metadata's sampler and eta are used for new tapes).
-        guidance: default: the schedule's metadata, else 7.5.
+        guidance: default: an inverted tape's own guidance, else the schedule's metadata, else 7.5.
         resample: adapt a schedule made for another step count or model instead of raising.
         clip: the CLIP for the metrics (a :class:`~disentkit.losses.Clip`, folder or hub id); None: the default
             for this model if it can be loaded (else the CLIP columns are left out, with a warning); False: none.
@@ -129,7 +129,9 @@ def transfer(
         if "prompts" not in meta:
             raise PromptError("the schedule's metadata has no prompts; pass cond=dk.encode(pipe, c0, c1).")
         cond = encode(pipe, *meta["prompts"])
-    guidance = float(meta.get("guidance", 7.5)) if guidance is None else float(guidance)
+    if guidance is None:  # an inverted tape replays its image only under the guidance it was inverted with
+        guidance = tape.guidance if tape.guidance is not None else float(meta.get("guidance", 7.5))
+    guidance = float(guidance)
 
     pure = MixSchedule.constant(tape.steps, 0.0)
     out = sample(pipe, cond, [pure, schedule], tape, guidance, max_batch=max_batch, progress=progress)

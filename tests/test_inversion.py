@@ -176,6 +176,22 @@ def test_an_inverted_tape_remembers_its_guidance_and_warns_when_replayed_under_a
         dk.sample(sd1_pipe, cond, plain, again, 7.5, progress=False)
     with pytest.warns(UserWarning, match="inverted under guidance 7.5 .* Pass guidance=7.5"):
         dk.sample(sd1_pipe, cond, plain, again, 1.0, progress=False)
+    with pytest.warns(UserWarning, match="inverted under guidance 7.5"):  # sweeps and optimize check it too
+        dk.sweep_switch(sd1_pipe, cond, again, [1, 2], guidance=3.0, progress=False)
+    with pytest.warns(UserWarning, match="inverted under guidance 7.5"):
+        dk.optimize(sd1_pipe, cond, dk.MixSchedule.switch(4, 2), again, losses={"l1": lambda e, r: (e - r).abs().mean()},
+                    iters=1, guidance=1.0, progress=False)  # fmt: skip
+    # transfer replays an inverted tape under its own guidance unless told otherwise: the c0 run is the image again
+    schedule = dk.MixSchedule.switch(4, 2).with_meta(prompts=[PROMPT, PROMPT + ", red"], guidance=1.0, steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moved = dk.transfer(sd1_pipe, schedule, again, clip=False, progress=False)
+    replay = dk.sample(sd1_pipe, cond, [plain, schedule], again, 7.5, progress=False)  # transfer's batch, at 7.5
+    torch.testing.assert_close(moved.reference_pixels, replay.pixels[:1], rtol=0, atol=1e-6)
+    loose = invert(sd1_pipe, photo, PROMPT, steps=4, method="ddim", guidance=1.0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every scale <= 1 means no guidance: the same replay, no warning
+        dk.sample(sd1_pipe, cond, plain, loose, 0.5, progress=False)
     seeded = dk.NoiseTape.from_seed(sd1_pipe, 0, steps=4, eta=1.0)
     assert seeded.guidance is None  # a seeded tape replays nothing: any guidance is fine
     assert dk.NoiseTape.concat([tape, tape]).guidance == 7.5

@@ -106,13 +106,17 @@ def test_weights_left_trainable_are_frozen_for_the_run_and_given_back():
         module.requires_grad_(True)
     seen_trainable = []
 
+    held_clip = tiny_clip(seed=3)  # a plain (non-module) attribute of a loss module
+    held_clip.model.requires_grad_(True)
+
     class Brightness(torch.nn.Module):  # a user's loss with weights of its own
         def __init__(self):
             super().__init__()
             self.net = user_net
+            self.judge = held_clip
 
         def forward(self, edited, reference):
-            weights = [p for m in (pipe.unet, clip.model, self.net) for p in m.parameters()]
+            weights = [p for m in (pipe.unet, clip.model, self.net, self.judge.model) for p in m.parameters()]
             seen_trainable.append(any(p.requires_grad for p in weights))
             return self.net(edited.mean(dim=(2, 3))).squeeze(1)
 
@@ -120,9 +124,11 @@ def test_weights_left_trainable_are_frozen_for_the_run_and_given_back():
     wrapped_clip, closure_net, partial_net = tiny_clip(seed=2), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
     wrapped_clip.model.requires_grad_(True)
 
+    import torch.nn.functional as F_local  # a Python module in the closure: not entered, and no crash
+
     def by_closure(edited, reference):
         seen_trainable.append(any(p.requires_grad for p in closure_net.parameters()))
-        return closure_net(edited.mean(dim=(2, 3))).squeeze(1) * 0
+        return F_local.relu(closure_net(edited.mean(dim=(2, 3)))).squeeze(1) * 0
 
     def with_net(net, edited, reference):
         seen_trainable.append(any(p.requires_grad for p in [*net.parameters(), *wrapped_clip.model.parameters()]))
@@ -137,7 +143,7 @@ def test_weights_left_trainable_are_frozen_for_the_run_and_given_back():
     assert result.history["grad_norm"].iloc[0] > 0  # the lambdas did get a gradient
     assert len(seen_trainable) >= 9 and not any(seen_trainable)  # frozen while the losses ran
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, clip.model, user_net, closure_net, partial_net,
-                   wrapped_clip.model):  # fmt: skip
+                   wrapped_clip.model, held_clip.model):  # fmt: skip
         assert all(p.grad is None for p in module.parameters())
         assert all(p.requires_grad for p in module.parameters())  # given back as they came
 
