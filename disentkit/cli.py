@@ -125,9 +125,10 @@ def cmd_edit(args) -> int:
     image = load_image(args.input)
     if args.schedule:
         schedule = MixSchedule.load(args.schedule)
-        steps = args.steps or schedule.steps
+        steps = args.steps if args.steps is not None else schedule.steps
+        schedule = fit_schedule(schedule, None, steps, args.resample)  # the step count now, the model once loaded
     else:
-        steps = args.steps or 50
+        steps = args.steps if args.steps is not None else 50
         switch = args.switch if args.switch is not None else round(0.4 * steps)  # disentangle's 20 of 50
         schedule = MixSchedule.switch(steps, switch, 0.0, args.late)
         guidance = args.guidance if args.guidance is not None else (7.5 if args.method == "exact" else 1.0)

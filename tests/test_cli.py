@@ -4,6 +4,7 @@ its schedule and a metrics CSV, and the outputs of one feed the next (disentangl
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -151,6 +152,20 @@ def test_edit_of_a_non_image_fails_with_a_typed_error(tiny_pipe_dir, clip_dir, t
     code = main(["edit", "--input", str(bad), "--c0", C0, "--c1", C1, "--model", str(tmp_path / "no-model"),
                  "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
     assert code == 2 and "InvalidImageError" in capsys.readouterr().err
+
+
+def test_edit_checks_what_it_can_before_loading_a_model(learned, photo_path, tmp_path, capsys):
+    out, _ = learned
+    base = ["edit", "--input", str(photo_path), "--c0", C0, "--c1", C1, "--model", str(tmp_path / "no-model"),
+            "--out", str(tmp_path / "o"), "--quiet"]  # fmt: skip
+    (tmp_path / "broken.json").write_text("{not json")
+    for extra, error in ((["--switch", "30", "--steps", "10"], "InvalidScheduleError|ScheduleLengthError|switch"),
+                         (["--steps", "0"], "steps"),
+                         (["--schedule", str(tmp_path / "broken.json")], "TapeFileError|InvalidScheduleError"),
+                         (["--schedule", str(out / "schedule.json"), "--steps", "7"], "ScheduleLengthError")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert re.search(error, err) and "ModelNotFoundError" not in err, err  # the model folder was never looked at
 
 
 @pytest.mark.parametrize("steps, c0_steps", [(None, 20), (24, 10), (3, 1)])
