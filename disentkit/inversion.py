@@ -50,8 +50,8 @@ def load_image(image, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read an image into pixels (1, 3, H, W) in [0, 1], float32.
 
     ``image``: a file path, a PIL image, a numpy array (H, W[, 3 or 4]) of uint8 or floats in [0, 1], or a torch
-    tensor (3, H, W) / (1, 3, H, W) of floats in [0, 1] or uint8. If ``size`` = (H, W) is given and differs, the image is resized
-    (with a warning: the model sees a rescaled image).
+    tensor (3, H, W) / (1, 3, H, W) of floats in [0, 1] or uint8. If ``size`` = (H, W) is given and differs, the
+    image is resized (with a warning: the model sees a rescaled image).
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)

@@ -11,8 +11,8 @@ the latent's shape per step. Hence a tape from seed s reproduces ``pipe(..., gen
 from __future__ import annotations
 
 import json
-import warnings
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
