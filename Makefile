@@ -31,8 +31,12 @@ lab: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# One piece (at most 170 min) of training the bundled UNet further, from the committed checkpoint in
+# checkpoints/toyworld-unet (any machine: the training scenes are re-rendered from their seed). Commit that folder
+# after each piece and run again until it says "finished"; then export and measure (docs/toyworld.md). A model from
+# scratch: $(BIN)/python -m disentkit.toyworld.train --out runs/toyworld
 toyworld: $(STAMP)
-	$(BIN)/python -m disentkit.toyworld.train --out runs/toyworld
+	$(BIN)/python -m disentkit.toyworld.continue_unet --minutes 170 $(if $(TOYWORLD_DEVICE),--device $(TOYWORLD_DEVICE))
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,5 +1,5 @@
 """Peak memory of the decode's backward pass: plain, with diffusers' block-level gradient checkpointing, and with
-disentkit's per-layer checkpointing (``decode(checkpoint=True)``, what ``optimize`` uses).
+disentkit's per-layer recomputation (``decode(recompute=True)``, what ``optimize`` uses).
 
     python benchmarks/decode_memory.py [--sizes 256 512 1024] [--device cpu|cuda]
 
@@ -28,14 +28,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
+from disentkit.memory import PeakMemory  # noqa: E402
 from disentkit.sampling import decode  # noqa: E402
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 MODES = {"plain": "plain", "blocks": "diffusers' blocks", "layers": "disentkit's layers"}
@@ -51,23 +45,12 @@ def child(size: int, mode: str, device: str) -> dict:
         vae.enable_gradient_checkpointing()  # recompute the mid block and each up block as a whole
     pipe = SimpleNamespace(vae=vae)  # decode() needs the VAE only
     latents = torch.randn(1, 4, size // 8, size // 8, device=device, requires_grad=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-        before = _status_kib("VmRSS") * 1024
-    t0 = time.perf_counter()
-    decode(pipe, latents, checkpoint=mode == "layers").mean().backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        decode(pipe, latents, recompute=mode == "layers").mean().backward()
     seconds = time.perf_counter() - t0
     assert latents.grad is not None and torch.isfinite(latents.grad).all()
-    return {"size": size, "mode": mode, "device": device, "extra_peak_mib": (peak - before) / 2**20,
+    return {"size": size, "mode": mode, "device": device, "extra_peak_mib": mem.extra / 2**20,
             "seconds": seconds}  # fmt: skip
 
 

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 import disentkit as dk  # noqa: E402
 from disentkit.errors import ModelNotFoundError  # noqa: E402
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
+from disentkit.memory import CUDA, PeakMemory  # noqa: E402
 from disentkit.samplers import make_scheduler  # noqa: E402
 from disentkit.sweeps import count_branch_steps, sweep_switch  # noqa: E402
 
@@ -181,16 +182,17 @@ def mse_to_reference(edited: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     return (edited - reference).pow(2).mean(dim=(1, 2, 3))
 
 
-def make_iteration(pipe, cond, tape, checkpoint: bool, guidance: float = 7.5):
+def make_iteration(pipe, cond, tape, recompute: bool, guidance: float = 7.5):
     """(a function doing one optimisation iteration, the name of what it runs): the library's own iteration,
-    disentkit.optimize.Objective (denoise with per-step checkpointing, decode, loss), then backward and an Adam step.
+    disentkit.objective.Objective (denoise with each UNet call recomputed in the backward pass, decode, loss), then
+    backward and an Adam step.
     For a float16 model the loss is scaled by a fixed factor before the backward so that the gradient does not
     underflow (optimize adapts the factor with a GradScaler); a step whose gradient overflows is skipped."""
-    from disentkit.optimize import Objective
+    from disentkit.objective import Objective
 
     lam = dk.MixSchedule.switch(tape.steps, int(0.4 * tape.steps)).weights.to(pipe.unet.device).requires_grad_(True)
     adam = torch.optim.Adam([lam], lr=0.05)
-    objective = Objective(pipe, cond, tape, {"mse": (1.0, mse_to_reference)}, guidance, grad_checkpoint=checkpoint)
+    objective = Objective(pipe, cond, tape, {"mse": (1.0, mse_to_reference)}, guidance, recompute=recompute)
     scale = 2.0**12 if pipe.unet.dtype == torch.float16 else 1.0
 
     def iteration():
@@ -203,15 +205,15 @@ def make_iteration(pipe, cond, tape, checkpoint: bool, guidance: float = 7.5):
         adam.step()
         return float(grad.abs().sum())
 
-    return iteration, "disentkit.optimize.Objective"
+    return iteration, "disentkit.objective.Objective"
 
 
 def bench_iteration(pipe, cfg: Config, guidance: float = 7.5) -> dict:
     cond = dk.encode(pipe, C0, C1)
     tape = dk.NoiseTape.from_seed(pipe, cfg.seeds[0], steps=cfg.opt_steps, scheduler="ddim")
     schedule = dk.MixSchedule.switch(cfg.opt_steps, int(0.4 * cfg.opt_steps))
-    iteration, kind = make_iteration(pipe, cond, tape, checkpoint=True, guidance=guidance)
-    iteration_no_ckpt, _ = make_iteration(pipe, cond, tape, checkpoint=False, guidance=guidance)
+    iteration, kind = make_iteration(pipe, cond, tape, recompute=True, guidance=guidance)
+    iteration_no_ckpt, _ = make_iteration(pipe, cond, tape, recompute=False, guidance=guidance)
 
     def plain():
         return dk.sample(pipe, cond, schedule, tape, guidance, progress=False)
@@ -234,40 +236,18 @@ def bench_iteration(pipe, cfg: Config, guidance: float = 7.5) -> dict:
     }
 
 
-def memory_child(model: str, steps: int, checkpoint: bool) -> dict:
+def memory_child(model: str, steps: int, recompute: bool) -> dict:
     """Run in a fresh process: the peak memory that one optimisation iteration adds on top of the loaded model."""
     pipe, _ = load_model(model)
     cond = dk.encode(pipe, C0, C1)
     tape = dk.NoiseTape.from_seed(pipe, 42, steps=steps, scheduler="ddim")
-    iteration, kind = make_iteration(pipe, cond, tape, checkpoint)
+    iteration, kind = make_iteration(pipe, cond, tape, recompute)
     gc.collect()
-    if torch.cuda.is_available() and pipe.unet.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    with PeakMemory(pipe.unet.device) as mem:  # on a CPU: the resident-set peak, reset at the start
         iteration()
-        return {"kind": kind, "unit": "GPU bytes", "before": before, "peak": torch.cuda.max_memory_allocated(),
-                "delta": torch.cuda.max_memory_allocated() - before}  # fmt: skip
-    # Linux keeps the peak resident size (VmHWM); writing 5 to clear_refs resets it to the current size, so the
-    # peak after the iteration is the iteration's own. Where that is not allowed, fall back to ru_maxrss, whose
-    # baseline may include a higher peak from loading (then the delta undercounts; "method" says which).
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        method, before = "VmHWM after clear_refs", _proc_status_kib("VmRSS") * 1024
-    except OSError:
-        method, before = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    iteration()
-    if method == "ru_maxrss":
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    else:
-        peak = _proc_status_kib("VmHWM") * 1024
-    return {"kind": kind, "unit": "RSS bytes", "method": method, "before": before, "peak": peak, "delta": peak - before}
-
-
-def _proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
+    unit = "GPU bytes" if mem.method == CUDA else "RSS bytes"
+    return {"kind": kind, "unit": unit, "method": mem.method, "before": mem.before, "peak": mem.peak,
+            "delta": mem.extra}  # fmt: skip
 
 
 def bench_memory(model: str, cfg: Config, threads: int) -> dict:
@@ -299,17 +279,14 @@ def real_scale(build, label: str, steps: int, height: int | None, guidance: floa
     pipe = build()
     cond = dk.encode(pipe, C0, C1)
     tape = dk.NoiseTape.from_seed(pipe, 0, steps=steps, scheduler="ddim", height=height, width=height)
-    iteration, kind = make_iteration(pipe, cond, tape, checkpoint=True, guidance=guidance)
-    if on_gpu:
-        torch.cuda.synchronize()
-        weights = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    seconds, grad = timed(iteration)
+    iteration, kind = make_iteration(pipe, cond, tape, recompute=True, guidance=guidance)
+    with PeakMemory(pipe.unet.device) as mem:  # on a GPU: its "before" is the weights
+        seconds, grad = timed(iteration)
     result = {"model": label, "steps": steps, "latent": list(tape.latent_shape), "iteration": kind,
               "iteration_s": seconds, "grad_nonzero": grad > 0, "dtype": str(pipe.unet.dtype)}  # fmt: skip
-    if on_gpu:
-        peak = torch.cuda.max_memory_allocated()
-        result.update(peak_gb=peak / 1e9, weights_gb=weights / 1e9, goal_gb=10.0, within_goal=peak / 1e9 <= 10.0)
+    if mem.method == CUDA:
+        peak = mem.peak
+        result.update(peak_gb=peak / 1e9, weights_gb=mem.before / 1e9, goal_gb=10.0, within_goal=peak / 1e9 <= 10.0)
     del pipe, iteration
     gc.collect()
     return result

@@ -8,10 +8,11 @@ which carry style (Wu et al., "Uncovering the Disentanglement Capability in Text
     out = dk.sample(pipe, cond, dk.MixSchedule.switch(50, at=20), tape)
 """
 
-from . import errors, losses
+from . import errors, losses, metrics, recipes
 from .conditioning import Conditioning, encode, mix
 from .inversion import InversionError, encode_image, invert, load_image
 from .losses import load_clip
+from .map import disentanglement_map, find_windows
 from .noise import NoiseTape
 from .optimize import CheckpointMismatchError, OptimizeResult, OptimizeStep, optimize, reference_init
 from .pipeline import load_pipeline
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointMismatchError", "Conditioning", "InversionError", "MixSchedule", "NoiseTape", "OptimizeResult",
     "OptimizeStep", "SAMPLERS", "SampleResult", "ScheduleModelError", "StepState", "Trajectory", "TransferResult",
-    "decode", "denoise", "encode", "encode_image", "errors", "invert", "load_clip", "load_image", "load_pipeline",
-    "load_schedule", "losses", "make_scheduler", "mix", "optimize", "reference_init", "sample", "sweep",
-    "sweep_switch", "transfer",
+    "decode", "denoise", "disentanglement_map", "encode", "encode_image", "errors", "find_windows", "invert",
+    "load_clip", "load_image", "load_pipeline", "load_schedule", "losses", "make_scheduler", "metrics", "mix",
+    "optimize", "recipes", "reference_init", "sample", "sweep", "sweep_switch", "transfer",
 ]  # fmt: skip

@@ -95,6 +95,10 @@ def encode(
     prompts0, prompts1 = _prompt_list(c0, "c0"), _prompt_list(c1, "c1")
     if len(prompts0) != len(prompts1):
         raise PromptError(f"c0 has {len(prompts0)} prompts but c1 has {len(prompts1)}; give them in pairs.")
+    for name, prompts in (("c0", prompts0), ("c1", prompts1)):  # an empty prompt would edit towards nothing
+        if any(not p.strip() for p in prompts):
+            raise PromptError(f"{name} holds an empty prompt; give text, e.g. 'a photo of a face' (the unconditional "
+                              "prompt is negative_prompt=).")  # fmt: skip
     if negative_prompt is not None:
         negative_prompt = _prompt_list(negative_prompt, "negative_prompt")
         if len(negative_prompt) == 1:

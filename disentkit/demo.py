@@ -4,7 +4,8 @@
 
 1. A switch-step sweep on the embedded model: the same seeds, the neutral prompt for the first k steps and the
    styled one after, for k across the whole trajectory -> ``OUT/demo/switch_grid.png`` (+ the runs as CSV).
-2. All notebooks through papermill -> ``OUT/notebooks/`` (executed notebooks, HTML, figures, a summary).
+2. All notebooks through papermill, two kernels at a time -> ``OUT/notebooks/`` (executed notebooks, HTML, figures,
+   each notebook's checked claims in ``claims.json``, and ``summary.csv``: time, fixed cost and claims held).
 """
 
 from __future__ import annotations

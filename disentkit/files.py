@@ -66,7 +66,39 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically (folders are created)."""
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def torch_save_atomic(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically: an interrupted save never leaves a torn file, and the previous one
+    stays until the new one is complete (training and optimisation state)."""
+    import torch  # here, so that the module stays light for the writers that need no torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def replace_path(new: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move ``new`` (a file or a folder, on the same file system) to ``target`` with renames only: a crash leaves
+    the old ``target`` or the new one, never a mix. A folder cannot be swapped in one rename, so the old one is first
+    renamed aside (``.<name>.old``) and removed once the new one is in place."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    _remove(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    _remove(old)
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 class atomic_dir:
@@ -83,14 +115,7 @@ class atomic_dir:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             os.chmod(self.tmp, _mode(0o777, self.path))
-            old = None
-            if self.path.exists():
-                old = self.path.with_name(f".{self.path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_path(self.tmp, self.path)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
         return False

@@ -32,27 +32,37 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .conditioning import encode, mix
-from .errors import DisentkitError, InvalidImageError
+from .errors import InvalidImageError, InversionError
 from .noise import NoiseTape
-from .pipeline import latent_shape, pipeline_device, pipeline_dtype, vae_in_safe_precision
+from .pipeline import (
+    check_image_size,
+    default_image_size,
+    nearest_multiple,
+    pipeline_device,
+    pipeline_dtype,
+    quiet_loading,
+    vae_in_safe_precision,
+)
 from .samplers import make_scheduler
 from .sampling import guided_output, sdxl_time_ids
 
 METHODS = ("ddim", "exact")
-
-
-class InversionError(DisentkitError, ValueError):
-    """Inversion was asked for with settings it does not support (another sampler, an unknown method)."""
+FITS = ("resize", "crop", "pad")
+# Without an explicit size, an image larger than this many times the model's default pixel count is scaled down to
+# that count (aspect ratio kept): a 4000x3000 photo would need ~45x SD 1.x's memory and time per step.
+MAX_AREA_FACTOR = 4
 
 
 # ---- images in ---------------------------------------------------------------------------------------------------
-def load_image(image, size: tuple[int, int] | None = None) -> torch.Tensor:
+def load_image(image, size: tuple[int, int] | None = None, fit: str = "resize") -> torch.Tensor:
     """Read an image into pixels (1, 3, H, W) in [0, 1], float32.
 
     ``image``: a file path, a PIL image, a numpy array (H, W[, 3 or 4]) of uint8 or floats in [0, 1], or a torch
     tensor (3, H, W) / (1, 3, H, W) of floats in [0, 1] or uint8. If ``size`` = (H, W) is given and differs, the
-    image is resized (with a warning: the model sees a rescaled image).
+    image is brought to it by :func:`fit_image` (``fit``: "resize", "crop" or "pad").
     """
+    if fit not in FITS:
+        raise InvalidImageError(f"fit must be one of {FITS}, got {fit!r}.")
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         try:
@@ -76,14 +86,74 @@ def load_image(image, size: tuple[int, int] | None = None) -> torch.Tensor:
         )
     if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
         raise InvalidImageError("image values must be finite and in [0, 1] (floats) or 0..255 (uint8).")
-    if size is not None and tuple(pixels.shape[-2:]) != tuple(size):
+    return pixels if size is None else fit_image(pixels, size, fit)
+
+
+def fit_image(pixels: torch.Tensor, size: tuple[int, int], fit: str = "resize") -> torch.Tensor:
+    """Bring pixels (1, 3, H, W) to ``size`` = (height, width).
+
+    ``fit``: ``"resize"`` scales to exactly ``size`` (warns when that changes the aspect ratio by more than 2%,
+    naming the other two); ``"crop"`` scales to cover ``size`` and cuts the centre out; ``"pad"`` scales to fit
+    inside it and adds black borders. Scaling is antialiased bicubic."""
+    if fit not in FITS:
+        raise InvalidImageError(f"fit must be one of {FITS}, got {fit!r}.")
+    (h, w), (H, W) = pixels.shape[-2:], tuple(int(n) for n in size)
+    if (h, w) == (H, W):
+        return pixels
+    if fit == "resize":
+        change = (W / H) / (w / h)
+        if abs(change - 1) > 0.02:
+            warnings.warn(
+                f"resizing a {w}x{h} px image to {W}x{H} changes its aspect ratio by {100 * (change - 1):+.0f}%; "
+                "pass fit='crop' or fit='pad' to keep it, or a size of the image's own proportions.",
+                stacklevel=3,
+            )
+        return _scale(pixels, H, W)
+    scale = max(H / h, W / w) if fit == "crop" else min(H / h, W / w)
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    scaled = _scale(pixels, sh, sw)
+    if fit == "crop":
+        top, left = (sh - H) // 2, (sw - W) // 2
+        return scaled[..., top : top + H, left : left + W]
+    top, left = (H - sh) // 2, (W - sw) // 2
+    return F.pad(scaled, (left, W - sw - left, top, H - sh - top), value=0.0)
+
+
+def _scale(pixels: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if tuple(pixels.shape[-2:]) == (h, w):
+        return pixels
+    out = F.interpolate(pixels, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp(0, 1)  # bicubic overshoots at edges
+
+
+def image_size_for(
+    pipe, image_hw: tuple[int, int], height: int | None = None, width: int | None = None
+) -> tuple[int, int]:
+    """The size (height, width) in pixels at which an image of ``image_hw`` is encoded.
+
+    Both given: that size (checked). One given: the other from the image's aspect ratio. Neither: the image's own
+    size, each side rounded to the nearest multiple of the VAE's factor (so its aspect ratio is kept to within half
+    a factor), scaled down first to the model's default pixel count if it has more than :data:`MAX_AREA_FACTOR`
+    times that (with a warning)."""
+    h, w = image_hw
+    factor = pipe.vae_scale_factor
+    if height and width:
+        return check_image_size(pipe, height, width)
+    if height:
+        return check_image_size(pipe, height, nearest_multiple(height * w / h, factor))
+    if width:
+        return check_image_size(pipe, nearest_multiple(width * h / w, factor), width)
+    dh, dw = default_image_size(pipe)
+    if h * w > MAX_AREA_FACTOR * dh * dw:
+        scale = (dh * dw / (h * w)) ** 0.5
+        size = (nearest_multiple(h * scale, factor), nearest_multiple(w * scale, factor))
         warnings.warn(
-            f"image is {pixels.shape[-1]}x{pixels.shape[-2]} px but the model makes {size[1]}x{size[0]}; resizing it.",
-            stacklevel=2,
+            f"a {w}x{h} px image has over {MAX_AREA_FACTOR}x the pixels this model makes by default ({dw}x{dh}); "
+            f"encoding it at {size[1]}x{size[0]} (same aspect ratio). Pass height/width to choose the size.",
+            stacklevel=3,
         )
-        pixels = F.interpolate(pixels, size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
-        pixels = pixels.clamp(0, 1)  # bicubic overshoots at edges
-    return pixels
+        return size
+    return nearest_multiple(h, factor), nearest_multiple(w, factor)
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
@@ -102,18 +172,28 @@ def _from_numpy(a: np.ndarray) -> torch.Tensor:
 
 def model_image_size(pipe) -> tuple[int, int]:
     """(H, W) in pixels of the images ``pipe`` makes by default."""
-    _, h, w = latent_shape(pipe)
-    return h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
+    return default_image_size(pipe)
+
+
+def prepare_image(
+    pipe, image, height: int | None = None, width: int | None = None, fit: str = "resize"
+) -> torch.Tensor:
+    """The pixels (1, 3, H, W) in [0, 1] that :func:`encode_image` encodes: ``image`` read by :func:`load_image` and
+    brought to :func:`image_size_for` (its own proportions unless ``height`` and ``width`` both say otherwise)."""
+    pixels = load_image(image, fit=fit)
+    return fit_image(pixels, image_size_for(pipe, tuple(pixels.shape[-2:]), height, width), fit)
 
 
 @torch.no_grad()
-def encode_image(pipe, image) -> torch.Tensor:
+def encode_image(pipe, image, height: int | None = None, width: int | None = None, fit: str = "resize") -> torch.Tensor:
     """VAE-encode an image (anything :func:`load_image` reads) to latents (1, C, h, w) on the model's device.
 
-    Uses the mean of the VAE's posterior (deterministic), scaled as :func:`disentkit.sampling.decode` expects.
-    SDXL's VAE, which overflows in half precision, encodes in float32 (as in diffusers' SDXL pipelines).
+    The image keeps its size and aspect ratio (each side rounded to a multiple of the VAE's factor) unless
+    ``height``/``width`` are given: see :func:`prepare_image` and :func:`fit_image` (``fit``). Uses the mean of the
+    VAE's posterior (deterministic), scaled as :func:`disentkit.sampling.decode` expects. SDXL's VAE, which
+    overflows in half precision, encodes in float32 (as in diffusers' SDXL pipelines).
     """
-    pixels = load_image(image, model_image_size(pipe))
+    pixels = prepare_image(pipe, image, height, width, fit)
     with vae_in_safe_precision(pipe) as vae:
         x = (pixels * 2 - 1).to(pipeline_device(pipe), vae.dtype)
         z = vae.encode(x).latent_dist.mean
@@ -137,6 +217,9 @@ def invert(
     method: str = "ddim",
     guidance: float = 1.0,
     *,
+    height: int | None = None,
+    width: int | None = None,
+    fit: str = "resize",
     seed: int = 0,
     progress: bool = True,
 ) -> NoiseTape:
@@ -147,20 +230,23 @@ def invert(
 
     Args:
         pipe: a pipeline from :func:`disentkit.load_pipeline`.
-        image: a path, PIL image, numpy array or tensor; resized (with a warning) if not the model's size.
+        image: a path, PIL image, numpy array or tensor. It keeps its own size and aspect ratio (sides rounded to
+            the nearest multiple of the VAE's factor); the tape, and every image sampled from it, has that size.
         prompt: the neutral prompt c0 describing the image.
         steps: sampling steps N the tape is for.
         scheduler: the sampler; inversion supports ``"ddim"``.
         method: ``"ddim"`` (deterministic DDIM inversion, eta 0 tape) or ``"exact"`` (eta 1 tape whose per-step
             noise is solved to hit a forward trajectory exactly).
         guidance: classifier-free guidance used for inversion; sample with the same value to reconstruct.
+        height, width, fit: another size to invert at, and how to get there ("resize", "crop" or "pad"); see
+            :func:`prepare_image`.
         seed: seed of the forward-trajectory noise (``"exact"`` only).
     """
     if scheduler != "ddim":
         raise InversionError(f"invert supports scheduler='ddim' only, got {scheduler!r}.")
     if method not in METHODS:
         raise InversionError(f"unknown inversion method {method!r}; choose one of {METHODS}.")
-    z0 = encode_image(pipe, image)  # (1, C, h, w)
+    z0 = encode_image(pipe, image, height, width, fit)  # (1, C, h, w)
     cond = encode(pipe, prompt, prompt)
     zero = torch.zeros(1, cond.tokens, device=cond.c0.device)
     c0 = mix(cond.c0, cond.c1, zero)  # = c0, computed as sample() computes it, so "exact" replays bit for bit
@@ -174,14 +260,16 @@ def invert(
         tape = _ddim_inversion(pipe, z0, model, steps, progress)
     else:
         tape = _exact_inversion(pipe, z0, model, steps, seed, progress)
-    return replace(tape, guidance=float(guidance))  # sample() warns if asked to replay it under another
+    # sample() warns if asked to replay it under another guidance, and runs an exact tape's rows one at a time
+    return replace(tape, guidance=float(guidance), exact=method == "exact")
 
 
 def _ddim_inversion(pipe, z0, model, steps: int, progress: bool) -> NoiseTape:
     # diffusers' inverse DDIM walks the sampler's timesteps in reverse: from the clean level to the first
     # (noisiest) timestep of an N-step DDIM run, so the result is that run's x_T.
     sampler = make_scheduler(pipe, "ddim")
-    inverse = DDIMInverseScheduler.from_config(sampler.config)
+    with quiet_loading():  # every SD config carries PNDM's `skip_prk_steps`, which diffusers reports here
+        inverse = DDIMInverseScheduler.from_config(sampler.config)
     inverse.set_timesteps(steps, device=z0.device)
     x = z0
     for t in tqdm(inverse.timesteps, desc="DDIM inversion", disable=not progress, leave=False):

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import MissingDependencyError, ModelNotFoundError
+from .errors import LossError, MissingDependencyError, ModelNotFoundError, OptionError
 from .pipeline import resolve_device, toyworld_dir
 
 # CLIP's published preprocessing statistics (used when a model folder has no preprocessor_config.json).
@@ -278,7 +278,7 @@ class CLIPPromptLoss:
     def __init__(self, clip: Clip, c1_text: str, alternatives: Sequence[str]):
         alternatives = [a for a in alternatives if a != c1_text]
         if not alternatives:
-            raise ValueError("CLIPPromptLoss needs at least one alternative prompt different from c1 (e.g. c0).")
+            raise LossError("CLIPPromptLoss needs at least one alternative prompt different from c1 (e.g. c0).")
         self.clip = clip
         self.prompts = [c1_text, *alternatives]
         self.texts = clip.encode_texts(self.prompts)  # (P, E), computed once; row 0 is the target
@@ -340,13 +340,13 @@ def with_floors(
     ``reference`` the pure-c0 images, both in [0, 1]. Floors are silent at the start, so the first step follows the
     plain sum. ``optimize(..., floors=W)`` does this for you with its own rendering of the start."""
     if start.shape != reference.shape:
-        raise ValueError(f"start {tuple(start.shape)} and reference {tuple(reference.shape)} must match: one start "
+        raise LossError(f"start {tuple(start.shape)} and reference {tuple(reference.shape)} must match: one start "
                          "image per reference image (the same seeds, in the same order).")  # fmt: skip
     floors = {}
     with torch.no_grad():
         for name, (w, loss) in terms.items():
             if f"{name}_floor" in terms:
-                raise ValueError(f"terms already hold {name}_floor; give floors to terms without them.")
+                raise LossError(f"terms already hold {name}_floor; give floors to terms without them.")
             floors[f"{name}_floor"] = (float(weight) * float(w), Hinge(loss, loss(start, reference).detach()))
     return {**terms, **floors}
 
@@ -367,7 +367,7 @@ def paper_losses(
     elif perceptual == "lpips":
         content = LPIPSLoss("alex", next(clip.model.parameters()).device)
     else:
-        raise ValueError(f"perceptual is 'clip', 'lpips' or a loss fn(edited, reference), not {perceptual!r}.")
+        raise OptionError(f"perceptual is 'clip', 'lpips' or a loss fn(edited, reference), not {perceptual!r}.")
     return {"dir": (1.0, DirectionalCLIPLoss(clip, c0_text, c1_text)), "perc": (float(beta), content)}
 
 
@@ -393,11 +393,11 @@ def prompt_losses(
     prompt: Loss = CLIPPromptLoss(clip, c1_text, alternatives)
     if enough is not None:
         if not 0 < enough < 1:
-            raise ValueError(f"enough is a probability in (0, 1), got {enough}.")
+            raise OptionError(f"enough is a probability in (0, 1), got {enough}.")
         prompt = Hinge(prompt, -math.log(enough))
     contents = {"perc": CLIPPerceptualLoss, "struct": CLIPStructureLoss}
     if content not in contents:
-        raise ValueError(f"content is 'perc' or 'struct', not {content!r}.")
+        raise OptionError(f"content is 'perc' or 'struct', not {content!r}.")
     return {"prompt": (1.0, prompt), content: (float(beta), contents[content](clip))}
 
 

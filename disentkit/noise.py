@@ -42,6 +42,10 @@ class NoiseTape:
         seeds: the seed of each run, or ``None`` for tapes that came from elsewhere (e.g. inversion).
         guidance: for a tape from :func:`disentkit.invert`, the guidance it was inverted under: the one that gives
             the image back (sampling with another warns). ``None`` for seeded tapes.
+        exact: the per-step noise was solved to land on a recorded trajectory (``invert(method="exact")``). Such
+            noise reaches |40| and amplifies any float rounding, including the rounding a UNet batch of another
+            composition brings, so every sampler runs the rows of an exact tape one at a time, in the batch layout
+            inversion used: the replay is then exact wherever the tape goes (beside other schedules, in a sweep).
     """
 
     x_T: torch.Tensor
@@ -51,6 +55,7 @@ class NoiseTape:
     eta: float = 0.0
     seeds: tuple[int | None, ...] = ()
     guidance: float | None = None
+    exact: bool = False
 
     def __post_init__(self):
         sampler_spec(self.scheduler)  # unknown names fail here, with the list of known ones
@@ -83,7 +88,9 @@ class NoiseTape:
         height: int | None = None,
         width: int | None = None,
     ) -> "NoiseTape":
-        """Draw the tape for one seed or a list of seeds (one run each) for ``pipe``'s latent shape."""
+        """Draw the tape for one seed or a list of seeds (one run each) for ``pipe``'s latents of images of
+        ``height`` x ``width`` pixels (default: the model's own size; both must be multiples of the VAE's factor,
+        else :class:`~disentkit.errors.ImageSizeError`). Every image sampled from the tape has that size."""
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds or not all(isinstance(s, int) for s in seeds):
             raise TapeMismatchError(f"seed must be an int or a non-empty list of ints, got {seed!r}.")
@@ -109,7 +116,9 @@ class NoiseTape:
         noise = None if first.step_noise is None else torch.cat([t.step_noise for t in tapes], dim=1)
         seeds = tuple(s for t in tapes for s in t.seeds)
         guidance = first.guidance if len({t.guidance for t in tapes}) == 1 else None  # mixed: none replays them all
-        return replace(first, x_T=torch.cat([t.x_T for t in tapes]), step_noise=noise, seeds=seeds, guidance=guidance)
+        exact = any(t.exact for t in tapes)  # running every row alone keeps the exact ones exact
+        return replace(first, x_T=torch.cat([t.x_T for t in tapes]), step_noise=noise, seeds=seeds, guidance=guidance,
+                       exact=exact)  # fmt: skip
 
     def select(self, index: int | Sequence[int]) -> "NoiseTape":
         """The sub-batch of runs ``index``."""
@@ -128,6 +137,15 @@ class NoiseTape:
 
     def __len__(self) -> int:
         return self.batch
+
+    def image_size(self, pipe) -> tuple[int, int]:
+        """(height, width) in pixels of the images this tape makes with ``pipe``'s VAE."""
+        return tuple(n * pipe.vae_scale_factor for n in self.latent_shape[1:])
+
+    def rows_per_call(self, max_batch: int | None) -> int | None:
+        """How many runs of this tape a sampler may put into one UNet call: ``max_batch`` (None: all), or 1 for an
+        exact tape (see ``exact``)."""
+        return 1 if self.exact else max_batch
 
     # ---- checks -------------------------------------------------------------------------------------------
     def _check_same_sampler(self, scheduler: str, steps: int, eta: float) -> None:
@@ -176,6 +194,7 @@ class NoiseTape:
             "batch": self.batch,
             "seeds": list(self.seeds),
             "guidance": self.guidance,
+            "exact": self.exact,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -213,6 +232,7 @@ class NoiseTape:
             eta=float(meta["eta"]),
             seeds=tuple(meta["seeds"]),
             guidance=None if meta.get("guidance") is None else float(meta["guidance"]),  # absent in older tapes
+            exact=bool(meta.get("exact", False)),  # absent in older tapes: such a tape replays as before
         )
         if list(tape.latent_shape) != meta["latent_shape"]:
             raise TapeFileError(f"{path}: header says latent shape {meta['latent_shape']}, data is {tape.latent_shape}.")

@@ -26,7 +26,18 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from .targets import edit_target
+
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # the repository's notebooks/ folder
+
+# Seconds each notebook took at its defaults, two kernels on a quiet 2-core CPU (2026-12-07; the course 101 s wall):
+# only used to start the long ones first.
+RUN_SECONDS = {"09_measuring_disentanglement": 35, "10_paper_pairs": 28, "06_learning_lambda": 26,
+               "02_fixed_noise": 18, "03_switch_sweep": 18, "07_transfer": 16, "08_edit_your_image": 13,
+               "01_tour": 12, "05_soft_mixing": 12, "04_when_does_it_appear": 11}  # fmt: skip
+
+# Notebooks that read what an earlier one wrote (07 transfers the schedule 06 learned): run after it.
+NEEDS = {"07_transfer": ("06_learning_lambda",)}
 
 # A smoke run: small enough for a laptop CPU in a few minutes for all notebooks, big enough that every cell does
 # real work (several steps, so a switch step lies strictly inside the trajectory).
@@ -46,6 +57,30 @@ class NotebookRun:
     files: list[str] = field(default_factory=list)
     error: str = ""  # "cell N (id ...): ExceptionName: message" when a cell raised
     failed_cell: int | None = None
+    setup_seconds: float = float("nan")  # the cells up to and including the setup cell (imports, model load)
+    kernel_seconds: float = float("nan")  # what no cell accounts for: kernel start-up and papermill's own work
+    claims: pd.DataFrame | None = None  # the claims the notebook checked (out_dir/claims.json)
+
+    @property
+    def claims_failed(self) -> list[str]:
+        from .claims import failures
+
+        return failures(self.claims) if self.claims is not None else []
+
+
+def _cell_seconds(executed: Path) -> tuple[float, float]:
+    """(seconds up to and including the setup cell, seconds of all cells) from papermill's per-cell metadata."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    durations, setup_end = [], 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        durations.append(float(cell.metadata.get("papermill", {}).get("duration") or 0.0))
+        if "setup(" in cell.source and setup_end == 0:
+            setup_end = len(durations)
+    return sum(durations[:setup_end]), sum(durations)
 
 
 def find_notebooks(folder: str | os.PathLike = NOTEBOOK_DIR, only: Sequence[str] | None = None) -> list[Path]:
@@ -68,13 +103,19 @@ def _describe_failure(err: Exception) -> tuple[str, int | None]:
 
 
 def export_html(executed: Path, html: Path) -> Path:
-    """Write the executed notebook as a standalone HTML page (figures embedded)."""
+    """Write the executed notebook as a standalone HTML page (figures embedded).
+
+    A widget needs a live kernel, which a page does not have: its output is shown by the static picture the
+    disentkit widgets put beside the live view (``image/png``), not as an empty widget box."""
     import nbformat
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     from .files import write_text_atomic
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    priority = ["text/html", "text/markdown", "image/svg+xml", "text/latex", "image/png", "image/jpeg", "text/plain"]
+    exporter = HTMLExporter(config=Config({"NbConvertBase": {"display_data_priority": priority}}))
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     return write_text_atomic(html, body)
 
 
@@ -112,7 +153,15 @@ def run_notebook(
         page = export_html(executed, out / f"{path.stem}.html")
     out_dir = Path(params["out_dir"])
     files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else []
-    return NotebookRun(path.stem, not error, seconds, executed, page, out_dir, files, error, cell)
+    run = NotebookRun(path.stem, not error, seconds, executed, page, out_dir, files, error, cell)
+    if executed.is_file():
+        run.setup_seconds, cells = _cell_seconds(executed)
+        run.kernel_seconds = max(0.0, seconds - cells)
+    if (out_dir / "claims.json").is_file():
+        from .claims import load_claims
+
+        run.claims = load_claims(out_dir)
+    return run
 
 
 def run_all(
@@ -121,22 +170,77 @@ def run_all(
     only: Sequence[str] | None = None,
     folder: str | os.PathLike = NOTEBOOK_DIR,
     html: bool = True,
+    jobs: int = 1,
+    per_notebook: dict[str, dict[str, Any]] | None = None,
 ) -> list[NotebookRun]:
-    """Run every curated notebook (or ``only`` some) and write ``out/summary.csv``."""
+    """Run every curated notebook (or ``only`` some), ``jobs`` kernels at a time, and write ``out/summary.csv``
+    (see :func:`summary_frame`); prints one line per notebook with its time, its fixed cost and its claims.
+    ``per_notebook`` adds parameters for single notebooks ({"07_transfer": {"seeds": [3]}})."""
     from .plotting import save_table
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = find_notebooks(folder, only)
+    jobs = max(1, min(jobs, len(paths)))
+    # With several kernels at once each gets one torch thread: two kernels on two cores beat one kernel whose
+    # OpenMP threads wait for each other. The kernels inherit the variable; this process keeps its own setting.
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
     runs = []
-    for path in find_notebooks(folder, only):
-        run = run_notebook(path, out, parameters, html=html)
-        runs.append(run)
-        status = "ok  " if run.ok else "FAIL"
-        print(f"{status} {run.name:32s} {run.seconds:6.1f}s  {len(run.files):2d} files  {run.error}", flush=True)
-    summary = pd.DataFrame(
-        [{"notebook": r.name, "ok": r.ok, "seconds": round(r.seconds, 1), "files": len(r.files),
-          "figures": sum(f.endswith(".png") for f in r.files), "error": r.error} for r in runs]
-    )  # fmt: skip
-    save_table(summary, Path(out) / "summary.csv")
+    futures: dict[str, Any] = {}
+
+    def run_after(path: Path) -> NotebookRun:
+        # A notebook that reads another's output waits for it (submitted earlier, so it is already running).
+        for before in NEEDS.get(path.stem, ()):
+            if before in futures:
+                futures[before].result()
+        return run_notebook(path, out, {**(parameters or {}), **(per_notebook or {}).get(path.stem, {})}, html)
+
+    # Longest first, so that two kernels finish together rather than one waiting for the last long notebook; a
+    # notebook that needs another's output goes last, so its kernel does not sit waiting while that one runs.
+    order = sorted(paths, key=lambda p: -RUN_SECONDS.get(p.stem, 0)) if jobs > 1 else list(paths)
+    order = [p for p in order if p.stem not in NEEDS] + [p for p in order if p.stem in NEEDS]
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for p in order:
+                futures[p.stem] = pool.submit(run_after, p)
+            from concurrent.futures import as_completed
+
+            for future in as_completed(list(futures.values())):  # a line as each one ends
+                print(_summary_line(future.result()), flush=True)
+            runs = [futures[p.stem].result() for p in paths]  # the summary in course order
+    finally:
+        if jobs > 1:
+            os.environ.pop("OMP_NUM_THREADS") if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
+    save_table(summary_frame(runs), Path(out) / "summary.csv")
     return runs
+
+
+def _summary_line(run: NotebookRun) -> str:
+    status = "ok  " if run.ok else "FAIL"
+    c = run.claims
+    claims = "no claims" if c is None else (
+        f"claims {int((c.status == 'holds').sum())}/{len(c)} hold" + (f", {int((c.status == 'not judged').sum())} not judged"
+                                                                 if (c.status == "not judged").any() else "")
+    )  # fmt: skip
+    line = (f"{status} {run.name:30s} {run.seconds:6.1f}s (setup {run.setup_seconds:4.1f}s, kernel "
+            f"{run.kernel_seconds:4.1f}s)  {len(run.files):2d} files  {claims}  {run.error}")  # fmt: skip
+    return "\n".join([line, *[f"     does not hold: {f}" for f in run.claims_failed]])
+
+
+def summary_frame(runs: Sequence[NotebookRun]) -> pd.DataFrame:
+    """One row per notebook: ok, seconds (total; setup = up to the setup cell; kernel = start-up), files, claims."""
+    rows = []
+    for r in runs:
+        c = r.claims if r.claims is not None else pd.DataFrame(columns=["status"])
+        rows.append({"notebook": r.name, "ok": r.ok, "seconds": round(r.seconds, 1),
+                     "setup_seconds": round(r.setup_seconds, 1), "kernel_seconds": round(r.kernel_seconds, 1),
+                     "files": len(r.files), "figures": sum(f.endswith(".png") for f in r.files),
+                     "claims": len(c), "claims_hold": int((c["status"] == "holds").sum()),
+                     "claims_not_judged": int((c["status"] == "not judged").sum()),
+                     "claims_failed": int((c["status"] == "does not hold here").sum()), "error": r.error})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _parse_value(text: str) -> Any:
@@ -158,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="any other notebook parameter (repeatable)")  # fmt: skip
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
     parser.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="folder holding the notebooks")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="kernels at a time, one torch thread each (default: 2 on a machine with 2+ cores)")
+    parser.add_argument("--thumbnails", metavar="DIR",
+                        help="after the run, write each notebook's key figure, shrunk, into DIR (docs/images/course)")
     args = parser.parse_args(argv)
 
     params: dict[str, Any] = dict(QUICK_PARAMETERS) if args.quick else {}
@@ -173,13 +281,217 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not find_notebooks(args.notebooks, args.only):
         parser.error(f"no notebooks NN_*.ipynb in {args.notebooks}" + (f" matching {args.only}" if args.only else ""))
 
-    runs = run_all(args.out, params, args.only, args.notebooks, html=not args.no_html)
+    start = time.perf_counter()
+    runs = run_all(args.out, params, args.only, args.notebooks, html=not args.no_html, jobs=args.jobs)
+    wall = time.perf_counter() - start
     failed = [r for r in runs if not r.ok]
-    total = sum(r.seconds for r in runs)
-    print(f"\n{len(runs) - len(failed)}/{len(runs)} notebooks ran in {total:.0f}s; results in {args.out}/")
+    total, fixed = sum(r.seconds for r in runs), sum(r.setup_seconds + r.kernel_seconds for r in runs)
+    print(f"\n{len(runs) - len(failed)}/{len(runs)} notebooks ran in {wall:.0f}s wall ({args.jobs} at a time; "
+          f"{total:.0f}s of notebook time, {fixed:.0f}s of it kernel start-up and setup); results in {args.out}/")
     for r in failed:
         print(f"  {r.name}: {r.error}  (see {r.executed})")
+    wrong = [line for r in runs for line in r.claims_failed]
+    if wrong:
+        print(f"{len(wrong)} claims did not hold (the text around them needs rereading):")
+        print("\n".join(f"  {w}" for w in wrong))
+    if args.thumbnails:
+        for path in write_thumbnails(runs, args.thumbnails):
+            print(f"thumbnail: {path}")
     return 1 if failed else 0
+
+
+# The figure that shows each lesson at a glance; the README's course table and docs/course.md show these.
+KEY_FIGURES = {
+    "01_tour": "edit.png",
+    "02_fixed_noise": "guidance.png",
+    "03_switch_sweep": "switch_grid.png",
+    "04_when_does_it_appear": "trajectory.png",
+    "05_soft_mixing": "soft_grid.png",
+    "06_learning_lambda": "images.png",
+    "07_transfer": "transfer_grid.png",
+    "08_edit_your_image": "edit.png",
+    "09_measuring_disentanglement": "windows.png",
+    "10_paper_pairs": "pairs_grid.png",
+}
+
+
+def write_thumbnails(runs: Sequence[NotebookRun], folder: str | os.PathLike, width: int = 480) -> list[Path]:
+    """Each run's key figure (:data:`KEY_FIGURES`) shrunk to ``width`` px into ``folder`` as ``NN_name.png``."""
+    from PIL import Image
+
+    from .files import atomic_path
+
+    folder = Path(folder)
+    written = []
+    for run in runs:
+        source = run.out_dir / KEY_FIGURES.get(run.name, "")
+        if not run.ok or not source.is_file():
+            continue
+        image = Image.open(source).convert("RGB")
+        if image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+        with atomic_path(folder / f"{run.name}.png") as tmp:
+            image.save(tmp, format="PNG", optimize=True)
+        written.append(folder / f"{run.name}.png")
+    return written
+
+
+# ======================================================================================================================
+# The setup cell: one call that loads everything a lesson needs, quietly
+
+
+def quiet() -> None:
+    """Keep library chatter out of the lesson: weight-loading bars and info logs of diffusers/transformers, and the
+    deprecation warnings they raise at import or load time (none of which a student can act on). disentkit's own
+    warnings (a tape replayed under another guidance, say) stay on: they are about the student's inputs."""
+    import logging
+    import warnings
+
+    for module in ("diffusers", "transformers", "torch", "huggingface_hub", "accelerate"):
+        warnings.filterwarnings("ignore", module=module)
+        logging.getLogger(module).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+@dataclass
+class Lesson:
+    """Everything a notebook's setup cell makes: the model, prompts, noise, evaluator, output folder and claims.
+
+    Attributes: ``pipe``, ``cond`` (c0/c1 encoded), ``tape`` (one noise tape for ``seeds``), ``evaluator`` (the
+    toyworld ground truth, or None), ``out`` (the folder figures go to), ``claims``
+    (:class:`~disentkit.claims.Claims`, written to ``out/claims.json``), and the parameters as given.
+    """
+
+    name: str
+    model: str
+    device: str
+    steps: int
+    seeds: list[int]
+    height: int | None
+    width: int | None
+    guidance: float
+    c0: str
+    c1: str
+    out: Path
+    pipe: Any
+    cond: Any
+    tape: Any
+    evaluator: Any
+    claims: Any
+    clip_source: str | None = None
+    seconds: float = 0.0
+    _clip: Any = None
+
+    @property
+    def toy(self) -> bool:
+        return is_toyworld(self.model)
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        """The (factor, value) ``c1`` adds to ``c0`` when both are toyworld captions, else None."""
+        try:
+            return style_target(self.c0, self.c1)
+        except ValueError:
+            return None
+
+    def expect(self, expected: str, seen: str, holds: bool | None, truth: bool = False, why: str = "") -> None:
+        """A checked claim (see :mod:`disentkit.claims`): printed and recorded in ``out/claims.json`` (and in
+        ``self.claims.items``; nothing is returned, so a cell that ends with a claim shows only its line).
+
+        ``truth=True``: the claim rests on the toyworld evaluator; without one it is recorded as *not judged*
+        (the evaluator's columns are NaN then, so ``seen`` and ``holds`` were computed from nothing)."""
+        if truth and self.evaluator is None:
+            why = "needs the toyworld evaluator's ground truth, which exists only for toyworld images"
+            self.claims.expect(expected, "no ground truth on this model", None, why)
+        else:
+            self.claims.expect(expected, seen, holds, why)
+
+    def clip(self):
+        """The CLIP the losses and metrics use (parameter ``clip``: a folder or hub id; None: the model's default),
+        loaded once."""
+        if self._clip is None:
+            from .errors import ModelNotFoundError
+            from .losses import default_clip, load_clip
+
+            source = self.clip_source or default_clip(self.pipe)
+            try:
+                self._clip = load_clip(source, self.pipe.unet.device)
+            except ModelNotFoundError as err:
+                raise ModelNotFoundError(
+                    f"this notebook needs a CLIP and could not load {source!r}: set its `clip` parameter to a "
+                    f"CLIPModel folder or a hub id available offline (papermill: -p clip /path/to/clip). {err}"
+                ) from err
+        return self._clip
+
+    def sample(self, schedules, tape=None, cond=None, **kwargs):
+        """:func:`disentkit.sample` with this lesson's prompts, tape and guidance, without a progress bar."""
+        from .sampling import sample
+
+        return sample(self.pipe, cond or self.cond, schedules, tape if tape is not None else self.tape,
+                      self.guidance, progress=False, **kwargs)  # fmt: skip
+
+    def save(self, fig, name: str):
+        """Save a figure (or a DataFrame as CSV) into ``out`` and return the figure, so a cell can end with it."""
+        from .plotting import save_figure, save_table
+
+        if isinstance(fig, pd.DataFrame):
+            save_table(fig, self.out / name)
+        else:
+            save_figure(fig, self.out / name)
+        return fig
+
+
+def setup(
+    name: str,
+    model: str = "toyworld",
+    device: str | None = None,
+    steps: int = 50,
+    seeds: Sequence[int] = (0, 1, 2),
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float = 7.5,
+    c0: str | None = None,
+    c1: str | None = None,
+    use_evaluator: bool | None = None,
+    out_dir: str | os.PathLike | None = None,
+    clip: str | None = None,
+    echo: bool = True,
+) -> Lesson:
+    """The setup cell of every notebook: quiet the libraries, load the model (float16 on a GPU for real SD), encode
+    the prompts (the model's defaults when None), draw one noise tape for ``seeds``, load the evaluator on
+    toyworld, create ``out_dir`` and start its ``claims.json``. Prints one line saying what was loaded."""
+    import torch
+
+    from .claims import CLAIMS_FILE, Claims
+    from .conditioning import encode
+    from .noise import NoiseTape
+    from .pipeline import load_pipeline
+
+    start = time.perf_counter()
+    quiet()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    c0, c1 = default_prompts(model, c0, c1)
+    out = Path(out_dir or f"outputs/notebooks/{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in seeds]
+    pipe = load_pipeline(model, device=device, dtype=default_dtype(model, device))
+    cond = encode(pipe, c0, c1)
+    tape = NoiseTape.from_seed(pipe, seeds, steps=steps, height=height, width=width)
+    evaluator = load_evaluator(model, use_evaluator)
+    claims = Claims(name, out / CLAIMS_FILE, echo=echo)
+    claims.path.unlink(missing_ok=True)  # a rerun starts its claims afresh
+    lesson = Lesson(name, os.fspath(model), str(device), steps, seeds, height, width, float(guidance), c0, c1, out,
+                    pipe, cond, tape, evaluator, claims, clip, time.perf_counter() - start)  # fmt: skip
+    truth = "the toyworld evaluator judges the claims" if evaluator is not None else "no evaluator: claims that need ground truth are not judged"
+    print(f"{lesson.model} on {device}, {steps} steps, seeds {seeds}; {truth}\nc0 = {c0!r}\nc1 = {c1!r}")
+    return lesson
 
 
 # ======================================================================================================================
@@ -237,16 +549,8 @@ def load_evaluator(model: str | os.PathLike, use: bool | None = None):
     return Evaluator.load() if use else None
 
 
-def style_target(c0: str, c1: str) -> tuple[str, str]:
-    """The (factor, value) a toyworld caption ``c1`` adds to ``c0``: ("a photo of a face", "..., smiling") ->
-    ("expression", "smiling"). The evaluator's question for "was the style reached?"."""
-    from .toyworld.scenes import parse_caption
-
-    base, styled = parse_caption(c0), parse_caption(c1)
-    added = [(f, v) for f, v in styled.items() if base.get(f) != v]
-    if len(added) != 1:
-        raise ValueError(f"{c1!r} should add exactly one attribute to {c0!r}; it adds {added}.")
-    return added[0]
+# The (factor, value) a toyworld caption c1 adds to c0, under the name the notebooks know it by.
+style_target = edit_target
 
 
 def default_attributes(model: str | os.PathLike, c0: str | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .errors import InvalidImageError, LayoutError, OptionError, UnknownKeyError
 from .files import atomic_path
 from .schedules import MixSchedule
 
@@ -42,13 +43,13 @@ def to_array(image: Any) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
         if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"a tensor image must be (3, H, W) or (1, H, W) in [0, 1], got {tuple(t.shape)}.")
+            raise InvalidImageError(f"a tensor image must be (3, H, W) or (1, H, W) in [0, 1], got {tuple(t.shape)}.")
         return t.expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy()
     a = np.asarray(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"an array image must be (H, W, 3) or (H, W), got {a.shape}.")
+        raise InvalidImageError(f"an array image must be (H, W, 3) or (H, W), got {a.shape}.")
     a = a[..., :3]
     return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else np.clip(a.astype(np.float32), 0, 1)
 
@@ -97,16 +98,18 @@ def image_grid(
     col_labels: Sequence[str] | None = None,
     title: str | None = None,
     cell_inches: float = CELL_INCHES,
+    captions: Sequence[str] | None = None,
 ) -> Figure:
     """A grid of images, filled row by row; ``rows``/``cols`` default to one row (or the shape the other implies).
 
     ``images`` is a list (PIL / tensors / arrays), a (B, 3, H, W) tensor or a (B, H, W, 3) array. Labels go on
-    the left of each row and above each column. Empty cells (when B < rows * cols) stay blank.
+    the left of each row and above each column; ``captions`` (one per image, in the same order) go under each
+    image, e.g. a measured score. Empty cells (when B < rows * cols) stay blank.
     """
     arrays = _image_list(images)
     n = len(arrays)
     if n == 0:
-        raise ValueError("image_grid got no images.")
+        raise LayoutError("image_grid got no images.")
     if rows is None and cols is None:
         rows, cols = 1, n
     elif rows is None:
@@ -114,10 +117,12 @@ def image_grid(
     elif cols is None:
         cols = -(-n // rows)
     if rows * cols < n:
-        raise ValueError(f"{n} images do not fit a {rows}x{cols} grid.")
+        raise LayoutError(f"{n} images do not fit a {rows}x{cols} grid.")
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"captions has {len(captions)} entries for {n} images.")
     for name, labels, count in (("row_labels", row_labels, rows), ("col_labels", col_labels, cols)):
         if labels is not None and len(labels) != count:
-            raise ValueError(f"{name} has {len(labels)} entries for {count} {name.split('_')[0]}s.")
+            raise LayoutError(f"{name} has {len(labels)} entries for {count} {name.split('_')[0]}s.")
 
     fig = _new_figure(cols * cell_inches + (0.8 if row_labels is not None else 0), rows * cell_inches + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -132,6 +137,8 @@ def image_grid(
             if k < n:
                 # nearest: toy images are 32-64 px; smoothing would hide exactly the pixels we compare
                 ax.imshow(arrays[k], interpolation="nearest")
+                if captions is not None and captions[k]:
+                    ax.set_xlabel(str(captions[k]), fontsize=7)
             if c == 0 and row_labels is not None:
                 ax.set_ylabel(str(row_labels[r]), fontsize=8)
             if r == 0 and col_labels is not None:
@@ -150,7 +157,7 @@ def _axis_keys(axis: str) -> tuple[str, str]:
     """The ``runs`` column that orders an axis of a result grid, and the column that labels it."""
     axes = {"schedule": ("schedule", "label"), "seed": ("seed_index", "seed"), "pair": ("pair", "c1")}
     if axis not in axes:
-        raise ValueError(f"grid axes are 'schedule', 'seed' or 'pair', got {axis!r}.")
+        raise OptionError(f"grid axes are 'schedule', 'seed' or 'pair', got {axis!r}.")
     return axes[axis]
 
 
@@ -170,14 +177,14 @@ def result_grid(
     schedule label, ``seed <n>`` or the styled prompt.
     """
     if rows == cols:
-        raise ValueError(f"rows and cols must be different axes, both are {rows!r}.")
+        raise OptionError(f"rows and cols must be different axes, both are {rows!r}.")
     runs = result.runs.reset_index(drop=True)
     fixed = {"pair": ("pair", pair), "schedule": ("schedule", schedule), "seed": ("seed_index", seed)}
     for axis in set(fixed) - {rows, cols}:
         column, value = fixed[axis]
         runs = runs[runs[column] == value]
     if runs.empty:
-        raise ValueError(f"no runs left after fixing pair={pair}, schedule={schedule}, seed={seed}.")
+        raise LayoutError(f"no runs left after fixing pair={pair}, schedule={schedule}, seed={seed}.")
     row_key, row_name = _axis_keys(rows)
     col_key, col_name = _axis_keys(cols)
     row_values = sorted(runs[row_key].unique())
@@ -210,7 +217,7 @@ def trajectory_strip(
     if p.ndim == 4:
         p = p[:, None]
     if p.ndim != 5 or p.shape[0] != len(steps):
-        raise ValueError(f"pixels must be (len(steps)={len(steps)}, R, 3, H, W), got {tuple(p.shape)}.")
+        raise LayoutError(f"pixels must be (len(steps)={len(steps)}, R, 3, H, W), got {tuple(p.shape)}.")
     K, R = p.shape[:2]
     images = [p[k, r] for r in range(R) for k in range(K)]  # row-major: one row per run
     return image_grid(images, R, K, run_labels, [f"step {s}" for s in steps], title)
@@ -278,7 +285,7 @@ def heatmap(
     """A heatmap of ``values`` over ``index`` (rows) x ``columns`` from a long DataFrame (duplicates averaged)."""
     for col in (index, columns, values):
         if col not in df:
-            raise KeyError(f"heatmap needs column {col!r}; the DataFrame has {list(df.columns)}.")
+            raise UnknownKeyError(f"heatmap needs column {col!r}; the DataFrame has {list(df.columns)}.")
     table = df.pivot_table(index=index, columns=columns, values=values, aggfunc="mean")
     # wide enough for the row labels (attribute names) and a title, whatever the number of columns
     fig = _new_figure(max(5.0, 0.45 * table.shape[1] + 3.0), max(2.5, 0.4 * table.shape[0] + 1.2))
@@ -315,7 +322,7 @@ def metric_curves(
     ys = [ys] if isinstance(ys, str) else list(ys)
     for col in [x, *ys, *([hue] if hue else [])]:
         if col not in df:
-            raise KeyError(f"metric_curves needs column {col!r}; the DataFrame has {list(df.columns)}.")
+            raise UnknownKeyError(f"metric_curves needs column {col!r}; the DataFrame has {list(df.columns)}.")
     fig = ax.figure if ax is not None else _new_figure(5.0, 3.0)
     ax = ax or fig.subplots()
     groups = df.groupby(hue, sort=False) if hue else [(None, df)]
@@ -333,6 +340,95 @@ def metric_curves(
     ax.legend(fontsize=7, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+# ---- the disentanglement map (disentkit.map) ------------------------------------------------------------------
+def map_heatmap(df: pd.DataFrame, metric: str, title: str | None = None, cmap: str | None = None) -> Figure:
+    """Pair x switch step heatmap of one metric of a :func:`disentkit.disentanglement_map` frame (seeds averaged).
+    Style metrics read "more style" upwards in the colour map, content distances "more content lost"."""
+    from .metrics import METRICS
+
+    for col in ("pair", "switch", metric):
+        if col not in df:
+            raise UnknownKeyError(f"map_heatmap needs column {col!r}; the DataFrame has {list(df.columns)}.")
+    info = METRICS.get(metric)
+    cmap = cmap or ("magma" if info is not None and info.kind == "content" else "viridis")
+    order = df.drop_duplicates("pair")["pair"].tolist()  # the map's pair order, not alphabetical
+    table = df.pivot_table(index="pair", columns="switch", values=metric, aggfunc="mean").reindex(order)
+    # 51 switch steps: narrow cells and a tick every 5, so the figure stays page-wide
+    fig = _new_figure(min(12.0, max(5.0, 0.16 * table.shape[1] + 3.0)), max(2.2, 0.32 * table.shape[0] + 1.3))
+    ax = fig.subplots()
+    im = ax.imshow(table.to_numpy(dtype=float), cmap=cmap, aspect="auto")
+    cols = list(table.columns)
+    ticks = [i for i, k in enumerate(cols) if len(cols) <= 20 or int(k) % 5 == 0]
+    ax.set_xticks(ticks, [str(cols[i]) for i in ticks], fontsize=7)
+    ax.set_yticks(range(len(order)), order, fontsize=7)
+    ax.set_xlabel("switch step (c0 before it, c1 from it on)")
+    fig.colorbar(im, ax=ax, label=metric)
+    ax.set_title(title or (f"{metric}: higher = {info.higher_is}" if info is not None else metric), fontsize=9)
+    return fig
+
+
+def window_curves(
+    df: pd.DataFrame,
+    pair: str,
+    content: str,
+    style: str,
+    window: tuple[int, int] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One pair's style and content curves over the switch step (mean over seeds, min-max band), two y axes, with
+    the window of :func:`disentkit.find_windows` shaded (``window``: its (start, end), or None for no window)."""
+    part = df[df["pair"] == pair]
+    if part.empty:
+        raise UnknownKeyError(f"pair {pair!r} is not in the map; it has {sorted(df['pair'].unique())}.")
+    fig = _new_figure(5.5, 3.0)
+    ax = fig.subplots()
+    if window is not None and window[0] is not None and not pd.isna(window[0]):
+        ax.axvspan(window[0] - 0.5, window[1] + 0.5, color="tab:green", alpha=0.15, label="window")
+    handles = []
+    for axis, col, colour in ((ax, style, "tab:blue"), (ax.twinx(), content, "tab:red")):
+        stats = part.groupby("switch")[col].agg(["mean", "min", "max"])
+        handles += axis.plot(stats.index, stats["mean"], color=colour, marker=".", markersize=3, label=col)
+        axis.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.12)
+        axis.set_ylabel(col, color=colour)
+    ax.set_xlabel("switch step (c0 before it, c1 from it on)")
+    handles += [h for h in ax.patches[:1]]  # the shaded window, when there is one
+    ax.legend(handles=handles, fontsize=7, loc="upper center")
+    ax.set_title(title or pair, fontsize=10)
+    return fig
+
+
+def thumbnail_strip(
+    images: Sequence[Any],
+    switches: Sequence[int],
+    window: tuple[int, int] | None = None,
+    every: int = 1,
+    title: str | None = None,
+) -> Figure:
+    """One seed's images along the switch steps, left to right; those inside ``window`` framed in green.
+    ``every``: show every n-th switch step (51 thumbnails are too many to read)."""
+    if len(images) != len(switches):
+        raise LayoutError(f"{len(images)} images for {len(switches)} switch steps; give one image per switch step.")
+    keep = list(range(0, len(images), max(1, every)))
+    if keep[-1] != len(images) - 1:
+        keep.append(len(images) - 1)  # always show the pure-c0 end
+    fig = _new_figure(max(4.0, 0.9 * len(keep)), 1.4)
+    axes = np.atleast_1d(fig.subplots(1, len(keep)))
+    inside = window is not None and window[0] is not None and not pd.isna(window[0])
+    for ax, i in zip(axes, keep):
+        ax.imshow(to_array(images[i]))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        k = int(switches[i])
+        ax.set_title(str(k), fontsize=7)
+        if inside and window[0] <= k <= window[1]:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green")
+                spine.set_linewidth(2.5)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

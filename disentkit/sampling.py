@@ -26,9 +26,10 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from tqdm.auto import tqdm
 
 from .conditioning import Conditioning, mix
+from .deprecation import UNSET, renamed
 from .errors import InvalidScheduleError
 from .noise import NoiseTape
-from .pipeline import pipeline_device, pipeline_dtype, vae_in_safe_precision, with_compiled_unet
+from .pipeline import pipeline_device, pipeline_dtype, quiet_loading, vae_in_safe_precision, with_compiled_unet
 from .samplers import make_scheduler, step_kwargs, step_of_call
 from .schedules import MixSchedule, stack_weights
 
@@ -124,6 +125,9 @@ class SampleResult:
         runs: DataFrame with one row per run: pair, c0, c1, schedule, label, seed_index, seed.
         schedules: the schedules, in the order of the ``schedule`` column.
         trajectory: x_t / predicted x0 per call when ``record=True``.
+        nsfw: one flag per run from the pipeline's safety checker (SD 1.x ships one); a flagged image is black in
+            ``images`` and ``pixels``, as diffusers returns it. ``None`` when the pipeline has no checker (load with
+            ``safety_checker=None`` to turn it off).
     """
 
     images: list[Image.Image]
@@ -133,6 +137,7 @@ class SampleResult:
     schedules: list[MixSchedule]
     trajectory: Trajectory | None = None
     meta: dict = field(default_factory=dict)
+    nsfw: list[bool] | None = None
 
     def image(self, schedule: int = 0, seed: int = 0, pair: int = 0) -> Image.Image:
         r = self.runs
@@ -173,6 +178,37 @@ def guided_output(pipe, x_in, t, c_i, uncond, guidance, pooled_i=None, pooled_un
     return out_uncond + guidance * (out_cond - out_uncond)
 
 
+def mixed_embeddings(cond: Conditioning, lam_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's mix for one step, one row per run: ``c_i = (1 - lam_i) c0 + lam_i c1`` (R, T, D) from weights
+    ``lam_i`` (R, T), and SDXL's pooled embedding mixed by the token mean of the weights (None for SD 1.x/2.x)."""
+    c_i = mix(cond.c0, cond.c1, lam_i)
+    pooled_i = None if cond.pooled0 is None else mix(cond.pooled0, cond.pooled1, lam_i.mean(dim=1))
+    return c_i, pooled_i
+
+
+def guided_output_in_chunks(pipe, cond: Conditioning, x_in, t, c_i, pooled_i, guidance, time_ids, rows: int):
+    """:func:`guided_output` for every row of ``x_in`` (one per run of ``cond``), at most ``rows`` runs per UNet
+    call (each run is two UNet rows with guidance)."""
+    take = lambda v, s: None if v is None else v[s]  # noqa: E731
+    outs = []
+    for r in range(0, x_in.shape[0], rows):
+        s = slice(r, r + rows)
+        outs.append(
+            guided_output(
+                pipe, x_in[s], t, c_i[s], cond.uncond[s], guidance,
+                take(pooled_i, s), take(cond.pooled_uncond, s), take(time_ids, s),
+            )  # fmt: skip
+        )
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def tape_step(scheduler, tape: NoiseTape, call: int, out: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    """One diffusers scheduler step from ``x`` (x_t) with the model output ``out``, drawing the tape's noise for UNet
+    call ``call`` (stochastic samplers); returns x_{t-1}."""
+    noise = None if tape.step_noise is None else tape.step_noise[call].to(x.device, x.dtype)
+    return scheduler.step(out, t, x, **step_kwargs(tape.scheduler, tape.eta, noise), return_dict=False)[0]
+
+
 def sdxl_time_ids(pipe, cond: Conditioning, latent_hw, rows: int):
     """SDXL's size/crop conditioning: original size = target size = the image size, no crop."""
     if not cond.is_sdxl:
@@ -189,32 +225,37 @@ def denoise(
     tape: NoiseTape,
     guidance: float = 7.5,
     *,
-    checkpoint: bool = False,
+    recompute: bool = False,
     callback: Callable[[StepState], None] | None = None,
     progress: bool = True,
+    checkpoint=UNSET,
 ) -> torch.Tensor:
     """Run the sampler for R runs and return the final latents (R, C, h, w).
 
     ``cond`` holds one row per run (see :meth:`Conditioning.select`), ``lam`` is (R, N, T) and ``tape`` has R
-    runs. Differentiable in ``lam`` when called under autograd; ``checkpoint=True`` recomputes each UNet call
-    in the backward pass so memory grows with steps x latent size, not steps x activations.
+    runs. Differentiable in ``lam`` when called under autograd; ``recompute=True`` (formerly ``checkpoint``)
+    recomputes each UNet call in the backward pass (activation checkpointing), so memory grows with steps x latent
+    size, not steps x activations.
     """
+    recompute = renamed(recompute, checkpoint, "checkpoint", "recompute", "denoise")
     device, dtype = pipeline_device(pipe), pipeline_dtype(pipe)
     scheduler = make_scheduler(pipe, tape.scheduler)
-    scheduler.set_timesteps(tape.steps, device=device)
+    with quiet_loading():  # Euler's set_timesteps trips NumPy 2's notice about torch's __array__ (diffusers' code)
+        scheduler.set_timesteps(tape.steps, device=device)
     x = tape.x_T.to(device, dtype) * scheduler.init_noise_sigma  # (R, C, h, w)
     lam = lam.to(device)
     time_ids = sdxl_time_ids(pipe, cond, x.shape[-2:], x.shape[0])
 
+    rows = tape.rows_per_call(None) or x.shape[0]  # one at a time for an exact tape: its replay stays exact
+
     def model(x_in, t, c_i, pooled_i):
-        return guided_output(pipe, x_in, t, c_i, cond.uncond, guidance, pooled_i, cond.pooled_uncond, time_ids)
+        return guided_output_in_chunks(pipe, cond, x_in, t, c_i, pooled_i, guidance, time_ids, rows)
 
     for j, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         i = step_of_call(tape.scheduler, j)
-        c_i = mix(cond.c0, cond.c1, lam[:, i])  # (R, T, D)
-        pooled_i = None if cond.pooled0 is None else mix(cond.pooled0, cond.pooled1, lam[:, i].mean(dim=1))
+        c_i, pooled_i = mixed_embeddings(cond, lam[:, i])  # c_i = (1 - lam_i) c0 + lam_i c1: (R, T, D)
         x_in = scheduler.scale_model_input(x, t)
-        if checkpoint and torch.is_grad_enabled():
+        if recompute and torch.is_grad_enabled():
             # The reentrant variant runs the forward pass without building a graph (it is rebuilt, one step at a
             # time, in the backward pass): a third less time per optimisation iteration than the non-reentrant
             # one on small models, where graph bookkeeping rivals the arithmetic. Its limits do not bite here:
@@ -225,8 +266,7 @@ def denoise(
             out = model(x_in, t, c_i, pooled_i)
         if callback is not None:
             callback(StepState(j, i, float(t), x_in, predict_x0(scheduler, x_in, out, t), lam[:, i]))
-        noise = None if tape.step_noise is None else tape.step_noise[j].to(device, dtype)
-        x = scheduler.step(out, t, x, **step_kwargs(tape.scheduler, tape.eta, noise), return_dict=False)[0]
+        x = tape_step(scheduler, tape, j, out, t, x)
     return x
 
 
@@ -285,14 +325,16 @@ def _recompute_in_backward(forward: Callable, *args, **kwargs):
     return activation_checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def decode(pipe, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+def decode(pipe, latents: torch.Tensor, recompute: bool = False, *, checkpoint=UNSET) -> torch.Tensor:
     """VAE-decode latents (R, C, h, w) to pixels (R, 3, H, W) in [0, 1]; differentiable. SDXL's VAE, which
     overflows in half precision, decodes in float32 (see ``disentkit.pipeline.vae_in_safe_precision``).
 
-    ``checkpoint``: when gradients are on, recompute each layer of the decoder in the backward pass instead of
-    keeping its activations (about one more decoder forward; at full resolution those activations are most of an
-    optimisation iteration's peak, benchmarks/decode_memory.py). The images and gradients are the same.
+    ``recompute`` (formerly ``checkpoint``): when gradients are on, recompute each layer of the decoder in the
+    backward pass instead of keeping its activations (about one more decoder forward; at full resolution those
+    activations are most of an optimisation iteration's peak, benchmarks/decode_memory.py). The images and
+    gradients are the same.
     """
+    recompute = renamed(recompute, checkpoint, "checkpoint", "recompute", "decode")
     vae = pipe.vae
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:  # some SDXL-family VAEs normalise their latents per channel
@@ -302,9 +344,24 @@ def decode(pipe, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tenso
         latents = latents * std / vae.config.scaling_factor + mean
     else:
         latents = latents / vae.config.scaling_factor
-    with vae_in_safe_precision(pipe) as vae, _checkpointed_decoder(vae, checkpoint and torch.is_grad_enabled()):
+    with vae_in_safe_precision(pipe) as vae, _checkpointed_decoder(vae, recompute and torch.is_grad_enabled()):
         image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1)
+
+
+def run_safety_checker(pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, list[bool] | None]:
+    """The pipeline's own safety check, as diffusers runs it: its feature extractor reads the 8-bit images, its
+    checker flags them, flagged images become black. ``pixels`` (R, 3, H, W) in [0, 1]; returns (pixels, flags), or
+    (pixels, None) when the pipeline has no checker (or no feature extractor to feed it)."""
+    checker, extractor = getattr(pipe, "safety_checker", None), getattr(pipe, "feature_extractor", None)
+    if checker is None or extractor is None:
+        return pixels, None
+    clip_input = extractor(to_pil(pixels), return_tensors="pt").pixel_values.to(checker.device, checker.dtype)
+    _, flags = checker(images=pixels.detach().clone(), clip_input=clip_input)  # it blacks out its own copy
+    flags = [bool(f) for f in flags]
+    if any(flags):
+        pixels = torch.where(torch.tensor(flags, device=pixels.device)[:, None, None, None], 0.0, pixels)
+    return pixels, flags
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
@@ -332,7 +389,7 @@ def sample(
     tape: NoiseTape,
     guidance: float = 7.5,
     *,
-    scheduler: str | None = None,
+    sampler: str | None = None,
     steps: int | None = None,
     eta: float | None = None,
     record: bool = False,
@@ -340,6 +397,7 @@ def sample(
     max_batch: int | None = None,
     progress: bool = True,
     compile: bool = False,
+    scheduler=UNSET,
 ) -> SampleResult:
     """Sample every (prompt pair, schedule, seed) combination with the tape's fixed noise.
 
@@ -349,7 +407,8 @@ def sample(
         schedules: one :class:`MixSchedule` or a list of S; each must have ``tape.steps`` weights.
         tape: the fixed noise for B seeds; it also fixes the sampler, the step count and eta.
         guidance: classifier-free guidance scale (<= 1 turns guidance off).
-        scheduler, steps, eta: optional; if given they must match the tape (a guard against mixing up tapes).
+        sampler, steps, eta: optional; if given they must match the tape (a guard against mixing up tapes).
+            ``sampler`` is a name from ``disentkit.SAMPLERS`` (formerly ``scheduler``).
         record: keep the trajectory (x_t and predicted x_0 at every call) in ``result.trajectory``.
         callback: called with a :class:`StepState` after every UNet call of every chunk.
         max_batch: at most this many runs per UNet batch (each run costs two UNet rows with guidance).
@@ -357,19 +416,27 @@ def sample(
         compile: run the UNet through ``torch.compile`` (see :func:`disentkit.pipeline.with_compiled_unet`).
     Returns:
         :class:`SampleResult` with P*S*B images.
+
+    Reproducibility: the same tape, schedules, prompts and batch (``max_batch`` included) on the same device give
+    the same images, bit for bit. The same run in a batch of another composition (other schedules or seeds beside
+    it, another ``max_batch``, :func:`disentkit.sweep`) may go through other matmul kernels: its pixels are equal up
+    to float rounding (float32: about 1e-6 of the pixel range on the toy model), and its 8-bit image is the same
+    up to one level. The runs of an exact inverted tape (``tape.exact``) go through the UNet one at a time, so they
+    are bit for bit the same in any batch (their solved noise would amplify that rounding into visible changes).
     """
+    sampler = renamed(sampler, scheduler, "scheduler", "sampler", "sample")
     schedules = [schedules] if isinstance(schedules, MixSchedule) else list(schedules)
     if not schedules:
         raise InvalidScheduleError("no schedules given; pass a MixSchedule or a non-empty list of them.")
-    tape.check(pipe, scheduler, steps, eta)
+    tape.check(pipe, sampler, steps, eta)
     tape.warn_if_guidance_differs(guidance)
     weights = stack_weights(schedules, tape.steps, cond.tokens)  # (S, N, T)
     runs = run_index(cond.pairs, schedules, tape, cond)
     pair_idx, sched_idx, seed_idx = (torch.tensor(runs[c].tolist()) for c in ("pair", "schedule", "seed_index"))
 
-    chunk = max_batch or len(runs)
+    chunk = tape.rows_per_call(max_batch) or len(runs)  # an exact tape's runs alone, decode included
     model_pipe = with_compiled_unet(pipe) if compile else pipe
-    latents, pixels, recorders = [], [], []
+    latents, pixels, recorders, nsfw = [], [], [], None
     with torch.inference_mode():
         for start in range(0, len(runs), chunk):
             rows = slice(start, start + chunk)
@@ -385,13 +452,15 @@ def sample(
                 progress=progress,
             )
             latents.append(z.float().cpu())
-            pixels.append(decode(pipe, z).float().cpu())
+            image, flags = run_safety_checker(pipe, decode(pipe, z))
+            pixels.append(image.float().cpu())
+            nsfw = None if flags is None else [*(nsfw or []), *flags]
             recorders.append(recorder)
     # Clone out of inference mode so results can feed autograd code (optimisation, inversion) later.
     latents, pixels = torch.cat(latents).clone(), torch.cat(pixels).clone()
     trajectory = _merge_trajectories([r.trajectory() for r in recorders]) if record else None
     meta = {"scheduler": tape.scheduler, "steps": tape.steps, "eta": tape.eta, "guidance": guidance}
-    return SampleResult(to_pil(pixels), pixels, latents, runs, schedules, trajectory, meta)
+    return SampleResult(to_pil(pixels), pixels, latents, runs, schedules, trajectory, meta, nsfw)
 
 
 def _merge_trajectories(parts: list[Trajectory]) -> Trajectory:

@@ -11,7 +11,8 @@ tape), so there is no need to compute that prefix twice. We sample a prefix trie
 
 A switch sweep (c0 until step k, then c1, for K values of k) costs about N + sum_k (N - k) branch-steps per seed
 instead of K * N: the pure-c0 "trunk" runs once and each switch step forks off it. The images equal those of
-:func:`disentkit.sample` with the same schedules (up to float rounding from different batch sizes).
+:func:`disentkit.sample` with the same schedules up to float rounding (the batches differ, so the matmul kernels may
+too), and the 8-bit images are the same up to one level; the same sweep again is the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,20 +24,22 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .conditioning import Conditioning, mix
+from .conditioning import Conditioning
 from .errors import InvalidScheduleError
 from .noise import NoiseTape
 from .pipeline import pipeline_device, pipeline_dtype, with_compiled_unet
-from .samplers import make_scheduler, step_kwargs, step_of_call
+from .samplers import make_scheduler, step_of_call
 from .sampling import (
     SampleResult,
     StepState,
     TrajectoryRecorder,
-    sdxl_time_ids,
     decode,
-    guided_output,
+    guided_output_in_chunks,
+    mixed_embeddings,
     predict_x0,
     run_index,
+    sdxl_time_ids,
+    tape_step,
     to_pil,
 )
 from .schedules import MixSchedule, stack_weights
@@ -112,7 +115,9 @@ def sweep(
         progress: show a progress bar.
         compile: run the UNet through ``torch.compile`` (compiles once per UNet; pays off only for long sweeps).
     Returns:
-        :class:`SampleResult` with the runs in ``sample``'s order (pair, schedule, seed; seed fastest).
+        :class:`SampleResult` with the runs in ``sample``'s order (pair, schedule, seed; seed fastest). The same
+        sweep on the same device gives the same images bit for bit; against :func:`disentkit.sample` they are equal
+        up to float rounding and the same 8-bit images up to one level (see ``sample``'s reproducibility note).
         ``meta["unet_rows"]`` is the number of UNet batch rows evaluated, ``meta["unshared_rows"]`` what
         sampling each run on its own would have cost.
     """
@@ -146,17 +151,16 @@ def sweep(
             lam_rows = torch.stack([lam_dev[b.members[0], i] for b in live]).repeat_interleave(B, dim=0)  # (L*B, T)
             pair_rows = torch.tensor([b.pair for b in live], device=cond.c0.device).repeat_interleave(B)
             c = cond.select(pair_rows)
-            c_i = mix(c.c0, c.c1, lam_rows)  # (L*B, T, D)
-            pooled_i = None if c.pooled0 is None else mix(c.pooled0, c.pooled1, lam_rows.mean(dim=1))
-            out = _guided_chunks(model_pipe, pipe, c, x_in, t, c_i, pooled_i, guidance, max_batch or len(x_in))
+            c_i, pooled_i = mixed_embeddings(c, lam_rows)  # c_i = (1 - lam_i) c0 + lam_i c1: (L*B, T, D)
+            time_ids = sdxl_time_ids(pipe, c, x_in.shape[-2:], len(x_in))
+            rows = tape.rows_per_call(max_batch) or len(x_in)  # an exact tape: one run per call, as in sample()
+            out = guided_output_in_chunks(model_pipe, c, x_in, t, c_i, pooled_i, guidance, time_ids, rows)
             unet_rows += rows_per_run * len(x_in)
 
             if observers:
                 _observe(observers, live, j, i, t, clock, x_in, out, weights, S, B, cond.pairs)
-            noise = None if tape.step_noise is None else tape.step_noise[j].to(device, dtype)  # (B, C, h, w)
-            extra = step_kwargs(tape.scheduler, tape.eta, noise)  # every branch gets the same per-seed noise
-            for b, out_b in zip(live, out.split(B)):
-                b.x = b.scheduler.step(out_b, t, b.x, **extra, return_dict=False)[0]
+            for b, out_b in zip(live, out.split(B)):  # every branch gets the same per-seed noise
+                b.x = tape_step(b.scheduler, tape, j, out_b, t, b.x)
 
         # Every final branch is one distinct image per seed; decode it once and hand it to all its schedules.
         finals = torch.cat([b.x for b in live])  # (L*B, C, h, w)
@@ -196,22 +200,6 @@ def sweep_switch(
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
-def _guided_chunks(model_pipe, pipe, c: Conditioning, x_in, t, c_i, pooled_i, guidance, max_runs):
-    """:func:`guided_output` over the rows of ``x_in`` in chunks of at most ``max_runs`` rows (runs)."""
-    time_ids = sdxl_time_ids(pipe, c, x_in.shape[-2:], len(x_in))
-    take = lambda v, s: None if v is None else v[s]  # noqa: E731
-    outs = []
-    for start in range(0, len(x_in), max_runs):
-        s = slice(start, start + max_runs)
-        outs.append(
-            guided_output(
-                model_pipe, x_in[s], t, c_i[s], c.uncond[s], guidance,
-                take(pooled_i, s), take(c.pooled_uncond, s), take(time_ids, s),
-            )  # fmt: skip
-        )
-    return torch.cat(outs)
-
-
 def _run_rows(branch: _Branch, S: int, B: int) -> torch.Tensor:
     """Row numbers in the result of the runs (pair, schedule, seed) a branch stands for: (members, B)."""
     members = torch.tensor(branch.members)

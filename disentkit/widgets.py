@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .errors import InvalidScheduleError, LayoutError, OptionError, UnknownKeyError
 from .plotting import figure_to_png, lambda_curves, metric_curves, to_array
 from .sampling import SampleResult, sample
 from .schedules import MixSchedule
@@ -48,7 +49,20 @@ class _Shown:
     widget: W.Widget
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        png = self.snapshot()
+        if png:
+            # A static copy beside the live view: a page without a kernel (nbconvert's HTML, a notebook viewer)
+            # cannot draw the widget and shows this picture of it instead; JupyterLab prefers the widget.
+            import base64
+
+            bundle = {**bundle, "image/png": base64.b64encode(png).decode("ascii")}
+        return bundle
+
+    def snapshot(self) -> bytes:
+        """PNG bytes of what the widget shows now (its main image), or b"" when it shows none yet."""
+        image = getattr(self, "image", None)
+        return bytes(getattr(image, "value", b"") or b"")
 
 
 def _image_widget(image: Any = None) -> W.Image:
@@ -83,7 +97,7 @@ class SwitchExplorer(_Shown):
     ):
         if result is None:
             if pipe is None or cond is None or tape is None:
-                raise ValueError("SwitchExplorer needs pipe, cond and tape, or a finished result=...")
+                raise OptionError("SwitchExplorer needs pipe, cond and tape, or a finished result=...")
             n = tape.steps
             ks = list(range(n + 1)) if switch_steps is None else sorted(set(int(k) for k in switch_steps))
             schedules = [MixSchedule.switch(n, k) for k in ks]
@@ -96,7 +110,7 @@ class SwitchExplorer(_Shown):
         for i, row in runs[(runs["seed_index"] == seed_index) & (runs["pair"] == 0)].iterrows():
             k = result.schedules[row["schedule"]].meta.get("switch")
             if k is None:
-                raise ValueError(f"schedule {row['label']!r} is not a switch schedule (no meta['switch']).")
+                raise InvalidScheduleError(f"schedule {row['label']!r} is not a switch schedule (no meta['switch']).")
             self.images[int(k)] = result.images[i]
         self.steps = result.schedules[0].steps
         self.switch_steps = sorted(self.images)
@@ -119,7 +133,7 @@ class SwitchExplorer(_Shown):
     def set_switch(self, k: int) -> None:
         """Show switch step ``k`` (what moving the slider does)."""
         if k not in self.images:
-            raise ValueError(f"switch step {k} was not sampled; choose one of {self.switch_steps}.")
+            raise OptionError(f"switch step {k} was not sampled; choose one of {self.switch_steps}.")
         self.slider.value = k  # the observer updates the image
 
     def _on_slider(self, change: Mapping) -> None:
@@ -140,7 +154,7 @@ def curve_from_points(points: Sequence[float], steps: int, label: str = "edited"
     step N-1), linearly interpolated in between."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 1 or len(points) < 2:
-        raise ValueError(f"need at least two control points, got {points.tolist()}.")
+        raise InvalidScheduleError(f"need at least two control points, got {points.tolist()}.")
     where = np.linspace(0, steps - 1, len(points))
     weights = np.interp(np.arange(steps), where, points)
     return MixSchedule.from_array(weights, label, {"control_points": points.tolist()})
@@ -195,7 +209,7 @@ class LambdaEditor(_Shown):
     def set_points(self, points: Sequence[float]) -> None:
         """Set every control point at once (what dragging the sliders does), redrawing the curve once."""
         if len(points) != len(self.sliders):
-            raise ValueError(f"this editor has {len(self.sliders)} control points, got {len(points)} values.")
+            raise InvalidScheduleError(f"this editor has {len(self.sliders)} control points, got {len(points)} values.")
         for s in self.sliders:
             s.unobserve(self._on_points, names="value")
         try:
@@ -233,7 +247,7 @@ class Compare(_Shown):
 
     def __init__(self, images: Mapping[str, Any], left: str | None = None, right: str | None = None):
         if len(images) < 1:
-            raise ValueError("Compare needs at least one named image.")
+            raise LayoutError("Compare needs at least one named image.")
         self.images = dict(images)
         names = list(self.images)
         self.left = W.Dropdown(options=names, value=left or names[0], description="left")
@@ -253,7 +267,7 @@ class Compare(_Shown):
     def select(self, left: str, right: str) -> None:
         for name in (left, right):
             if name not in self.images:
-                raise KeyError(f"no image named {name!r}; names are {list(self.images)}.")
+                raise UnknownKeyError(f"no image named {name!r}; names are {list(self.images)}.")
         self.left.value, self.right.value = left, right
 
     def _update(self, change=None) -> None:

@@ -194,10 +194,11 @@ def test_schedule_errors_name_the_flag_that_fixes_them():
                         (ScheduleModelError, lambda: fit_schedule(schedule, SimpleNamespace(name_or_path="model-b")))):
         with pytest.raises(error) as caught:
             call()
-        assert "resample" in str(caught.value)  # the Python message says how to fix it in Python...
+        python_fix = "resample" if error is ScheduleLengthError else "allow_other_model=True"
+        assert python_fix in str(caught.value)  # the Python message says how to fix it in Python...
         text = _for_the_command_line(caught.value)
-        fix = "adapt it" if error is ScheduleLengthError else "apply it anyway"
-        assert text.endswith(f"; add --resample to {fix}.") and "resample(" not in text and "=True" not in text, text
+        fix = "--resample to adapt it" if error is ScheduleLengthError else "--allow-other-model to apply it anyway"
+        assert text.endswith(f"; add {fix}.") and "resample(" not in text and "=True" not in text, text
 
 
 def test_parse_seeds():

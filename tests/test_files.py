@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from disentkit.files import atomic_dir, atomic_path, write_text_atomic
+from disentkit.files import atomic_dir, atomic_path, replace_path, torch_save_atomic, write_text_atomic
 
 
 @pytest.fixture
@@ -46,3 +46,20 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             (folder / "part").write_text("half")
             raise RuntimeError("crash mid-write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["schedule.json"]
+
+
+def test_torch_state_and_whole_folders_replace_what_was_there(tmp_path):
+    import torch
+
+    path = torch_save_atomic({"step": 1}, tmp_path / "state.pt")
+    torch_save_atomic({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 2} and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    for content in ("old", "new"):  # a folder replaces a folder, and a file a file, leaving nothing aside
+        (tmp_path / content).mkdir()
+        (tmp_path / content / "weights").write_text(content)
+        replace_path(tmp_path / content, tmp_path / "pipeline")
+    assert (tmp_path / "pipeline" / "weights").read_text() == "new"
+    write_text_atomic(tmp_path / "report.new", "2")
+    replace_path(tmp_path / "report.new", tmp_path / "pipeline")  # a file may replace a folder too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline", "state.pt"]
+    assert (tmp_path / "pipeline").read_text() == "2"

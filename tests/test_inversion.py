@@ -127,11 +127,18 @@ def test_images_in_any_form_give_the_same_pixels(photo, tmp_path):
     assert from_array.shape == (1, 3, 32, 32) and from_array.dtype == torch.float32
 
 
-def test_other_sizes_are_resized_with_a_warning(sd1_pipe, photo):
-    big = np.asarray(Image.fromarray(photo).resize((48, 40)))
-    with pytest.warns(UserWarning, match="resizing"):
-        z = encode_image(sd1_pipe, big)
-    assert z.shape == (1, 4, 16, 16)
+def test_other_sizes_are_kept_unless_another_size_is_asked_for(sd1_pipe, photo):
+    import warnings
+
+    big = np.asarray(Image.fromarray(photo).resize((48, 40)))  # 48 wide, 40 tall; the model makes 32x32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert encode_image(sd1_pipe, big).shape == (1, 4, 20, 24)  # its own size (the tiny VAE's factor is 2)
+    with pytest.warns(UserWarning, match="aspect ratio"):
+        assert encode_image(sd1_pipe, big, 32, 32).shape == (1, 4, 16, 16)  # asked for: resized, and it says so
+    assert encode_image(sd1_pipe, big, 32, 32, fit="crop").shape == (1, 4, 16, 16)
+    with pytest.raises(InvalidImageError, match="fit"):
+        encode_image(sd1_pipe, big, 32, 32, fit="stretch")
 
 
 @pytest.mark.parametrize("bad", ["no-such-file.png", 3.0, np.zeros((4, 4, 2)), np.full((4, 4, 3), 2.0), torch.zeros(2, 3, 4, 4)])

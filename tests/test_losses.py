@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from disentkit.errors import MissingDependencyError, ModelNotFoundError
+from disentkit.errors import LossError, MissingDependencyError, ModelNotFoundError, OptionError
 from disentkit.losses import (
     CLIP_MEAN,
     CLIPPerceptualLoss,
@@ -67,7 +67,7 @@ def test_prompt_loss_is_the_cross_entropy_of_clips_zero_shot_choice():
     expected_hit = -math.log(math.exp(10) / (math.exp(10) + 2))
     expected_miss = -math.log(1 / (math.exp(10) + 2))
     assert values.tolist() == pytest.approx([expected_hit, expected_miss], rel=1e-5, abs=1e-6)  # float32
-    with pytest.raises(ValueError, match="alternative"):
+    with pytest.raises(LossError, match="alternative"):
         CLIPPromptLoss(stub, "smiling", ["smiling"])
 
 
@@ -89,7 +89,7 @@ def test_prompt_losses_enough_stops_pushing_at_that_probability(clip):
     enough = float(torch.exp(-plain.median()))  # about half the images are "sure enough" at this level
     hinged = prompt_losses(clip, c0, c1, enough=enough)["prompt"][1](images, None)
     torch.testing.assert_close(hinged, (plain + math.log(enough)).clamp_min(0))
-    with pytest.raises(ValueError, match="probability"):
+    with pytest.raises(OptionError, match="probability"):
         prompt_losses(clip, c0, c1, enough=1.5)
 
 
@@ -118,9 +118,9 @@ def test_with_floors_adds_one_silent_floor_per_term_and_image():
     moved = torch.tensor([0.3, 0.5]).view(2, 1, 1, 1)
     assert terms["content_floor"][1](moved, reference).tolist() == pytest.approx([0.1, 0.0])
     assert terms["style_floor"][1](moved, reference).tolist() == pytest.approx([0.0, 0.1])
-    with pytest.raises(ValueError, match="one start image per reference image"):
+    with pytest.raises(LossError, match="one start image per reference image"):
         with_floors(terms, start[:1], reference)
-    with pytest.raises(ValueError, match="already hold content_floor"):  # floors on floors would be silent doubles
+    with pytest.raises(LossError, match="already hold content_floor"):  # floors on floors would be silent doubles
         with_floors(terms, start, reference)
 
 
@@ -187,7 +187,7 @@ def test_prompt_losses_content_term(clip):
     terms = prompt_losses(clip, "a photo of a face", "a photo of a face, smiling", beta=20.0, content="struct")
     assert set(terms) == {"prompt", "struct"} and terms["struct"][0] == 20.0
     assert isinstance(terms["struct"][1], CLIPStructureLoss)
-    with pytest.raises(ValueError, match="perc' or 'struct"):
+    with pytest.raises(OptionError, match="perc' or 'struct"):
         prompt_losses(clip, "a photo of a face", "a photo of a face, smiling", content="lpips")
 
 
@@ -249,7 +249,7 @@ def test_paper_losses_take_lpips_or_your_own_perceptual_term(clip, monkeypatch):
 
     own = lambda edited, reference: (edited - reference).abs().mean(dim=(1, 2, 3))  # noqa: E731
     assert paper_losses(clip, "a", "b", perceptual=own)["perc"][1] is own
-    with pytest.raises(ValueError, match="'clip', 'lpips'"):
+    with pytest.raises(OptionError, match="'clip', 'lpips'"):
         paper_losses(clip, "a", "b", perceptual="vgg")
 
     monkeypatch.setitem(sys.modules, "lpips", None)  # not installed: a typed error that names the way out

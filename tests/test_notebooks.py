@@ -1,15 +1,13 @@
-"""Every curated notebook runs, and writes what it says it writes, with values that make sense.
+"""Every curated notebook runs on a model folder that is not toyworld, and writes what it says it writes.
 
-The notebooks run through papermill (as `python -m disentkit.notebooks` runs them) with small parameters: a few
-steps, one or two seeds, `scale` small. They run on the bundled toyworld model when its weights are installed, else
-on a tiny random-weight pipeline saved to disk (and a tiny CLIP for the learning notebooks); the checks below hold
-for both. A notebook that fails is reported with the cell that raised and its exception.
+The notebooks run through papermill (as `python -m disentkit.notebooks` runs them) with small parameters (a few
+steps, one or two seeds, `scale` small) on a tiny random-weight SD 1.x pipeline saved in the diffusers layout, at
+a size that is neither square nor the model's own, with a tiny CLIP: what a user's own model looks like to the
+course. There is no evaluator there, so each notebook must say which of its claims it could not judge. The course
+at its default parameters on toyworld, where every claim is judged, is `tests/test_course_claims.py`.
 """
 
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import numpy as np
@@ -19,13 +17,10 @@ from PIL import Image
 
 import disentkit as dk
 from disentkit import notebooks as runner
-from disentkit.pipeline import toyworld_dir
 
-STEPS = 3
+STEPS = 8
+HEIGHT, WIDTH = 64, 96  # not square, not the model's own size: every notebook must honour the asked size
 NOTEBOOKS = [p.stem for p in runner.find_notebooks()]
-HAVE_TOYWORLD = (toyworld_dir() / "pipeline" / "model_index.json").is_file()
-HAVE_EVALUATOR = (toyworld_dir() / "evaluator" / "model.safetensors").is_file()
-ATTRIBUTES_09 = ["smiling", "at night"]  # on the tiny model with the evaluator: two toy attributes
 
 
 def test_every_notebook_is_here():
@@ -44,11 +39,23 @@ def test_committed_notebook_is_clean_and_parametrised(name):
     for k, cell in enumerate(code):
         assert cell.outputs == [], f"{name}: code cell {k} was committed with outputs; run notebooks/_build.py"
         assert cell.execution_count is None, f"{name}: code cell {k} has an execution count"
+        logic = [line for line in cell.source.splitlines() if line.strip() and not line.strip().startswith("#")]
+        if k > 0:  # the parameters cell is a list of knobs, not logic
+            assert len(logic) <= 15, f"{name}: code cell {k} has {len(logic)} lines; move the logic into the library"
     first = code[0]
     assert "parameters" in first.metadata.get("tags", []), f"{name}: the first code cell must be tagged 'parameters'"
     for knob in ("model", "device", "steps", "seeds", "height", "width", "scale", "out_dir"):
         assert f"\n{knob} = " in "\n" + first.source, f"{name}: parameter {knob!r} missing from the parameters cell"
     assert nb.cells[0].cell_type == "markdown", f"{name}: a notebook starts by saying what it shows"
+    setup = code[1].source
+    assert setup.count("notebooks.setup(") == 1, f"{name}: the setup cell is one call to notebooks.setup"
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "Try it yourself" in text and "<details>" in text, f"{name}: an exercise with its answer folded"
+    assert "ctx.expect(" in "\n".join(c.source for c in code), f"{name}: the notebook checks its claims"
+    if name != "10_paper_pairs":
+        assert "**Next:**" in text, f"{name}: a link to the next notebook"
+    if name in ("01_tour", "06_learning_lambda", "07_transfer"):  # these need a CLIP: the user names it
+        assert "\nclip = " in "\n" + first.source and "clip=clip" in setup, f"{name}: CLIP is a parameter"
 
 
 def test_notebooks_match_their_generator():
@@ -60,51 +67,34 @@ def test_notebooks_match_their_generator():
     assert build.build(check=True) == 0, "notebooks/*.ipynb differ from notebooks/_build.py; run it"
 
 
-# ---- running them ---------------------------------------------------------------------------------------------------
+# ---- running them on a real-model folder ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_setup(tmp_path_factory):
-    """(model, clip, use_evaluator): toyworld when installed, else a tiny saved pipeline and a tiny CLIP."""
-    if HAVE_TOYWORLD:
-        return "toyworld", None, None
+    """(model folder, clip folder): a tiny random-weight SD 1.x pipeline in the diffusers layout and a tiny CLIP,
+    as a user's own model would come; no evaluator (it judges toyworld images only)."""
     from disentkit.losses import save_tiny_clip
     from disentkit.testing import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny_models")
-    model = save_tiny_pipeline("sd1", root / "sd1", seed=0)
-    clip = save_tiny_clip(root / "clip", seed=0)
-    # The evaluator reads any image; on the tiny model its numbers mean nothing, but its cells get exercised.
-    return str(model), str(clip), True if HAVE_EVALUATOR else False
+    return str(save_tiny_pipeline("sd1", root / "sd1", seed=0)), str(save_tiny_clip(root / "clip", seed=0))
 
 
 @pytest.fixture(scope="module")
 def executed(model_setup, tmp_path_factory):
-    """Run every notebook once (two at a time: each kernel is its own process) and return {name: NotebookRun}."""
-    model, clip, use_evaluator = model_setup
+    """Run every notebook once on the folder (two at a time: each kernel is its own process): {name: NotebookRun}."""
+    model, clip = model_setup
     out = tmp_path_factory.mktemp("notebooks")
-    schedule = dk.MixSchedule.switch(STEPS, 1, after=1.1).with_meta(steps=STEPS)
-    schedule_path = schedule.save(out / "given_schedule.json")
-    common = {"model": model, "steps": STEPS, "seeds": [0], "scale": 0.1, "use_evaluator": use_evaluator}
-    if use_evaluator:
-        # The evaluator judges toyworld captions; give the tiny model toy prompts so its cells have a question.
-        common.update(c0="a photo of a face", c1="a photo of a face, smiling")
+    common = {"model": model, "steps": STEPS, "seeds": [0], "scale": 0.1, "height": HEIGHT, "width": WIDTH}
     extra = {
         "01_tour": {"clip": clip},
-        "06_learning_lambda": {"clip": clip, "iters": 10, "floors": 10.0},
-        "07_transfer": {"clip": clip, "seeds": [10, 11], "schedule_path": str(schedule_path)},
-        "09_measuring_disentanglement": {"attributes": ATTRIBUTES_09} if use_evaluator else {},
+        "06_learning_lambda": {"clip": clip, "iters": 10},
+        "07_transfer": {"clip": clip, "seeds": [10, 11]},
+        "09_measuring_disentanglement": {"families": ["smiling", "young"]},
+        "10_paper_pairs": {"max_pairs": 2},
     }
-    # One torch thread per kernel: two kernels share the two cores instead of fighting over them.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = {
-                name: pool.submit(runner.run_notebook, runner.NOTEBOOK_DIR / f"{name}.ipynb", out,
-                                  {**common, **extra.get(name, {})}, False, 600)
-                for name in NOTEBOOKS
-            }  # fmt: skip
-            return {name: f.result() for name, f in futures.items()}
-    finally:
-        os.environ.pop("OMP_NUM_THREADS", None)
+    per_notebook = {name: {**common, **extra.get(name, {})} for name in NOTEBOOKS}
+    found = runner.run_all(out, html=False, jobs=2, per_notebook=per_notebook)  # 07 waits for 06's schedule
+    return {r.name: r for r in found}
 
 
 def _ok(executed, name) -> runner.NotebookRun:
@@ -133,14 +123,44 @@ def _learned(run, filename="learned_schedule.json") -> dk.MixSchedule:
     return schedule
 
 
+def _outputs(run):
+    nb = nbformat.read(run.executed, as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
 
 @pytest.mark.slow
-def test_01_tour(executed):
-    run = _ok(executed, "01_tour")
-    for name in ("fixed_noise.png", "edit.png", "learned.png", "lambda.png"):
-        _png(run, name)
-    schedule = _learned(run)
-    assert schedule.label == "learned" and len(schedule.meta["prompts"]) == 2
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_on_a_model_folder_and_says_what_it_could_not_judge(executed, name):
+    run = _ok(executed, name)
+    claims = run.claims
+    assert claims is not None and len(claims) >= 3, f"{name} checked {0 if claims is None else len(claims)} claims"
+    assert set(claims["status"]) <= {"holds", "does not hold here", "not judged"}
+    # without the evaluator the ground-truth claims are reported as not judged, with the reason
+    unjudged = claims[claims["status"] == "not judged"]
+    assert (unjudged["why"].str.len() > 0).all()
+    if name not in ("02_fixed_noise",):
+        assert len(unjudged) > 0, f"{name}: no claim was reported as needing ground truth on a model without it"
+    # clean outputs: no warnings or stderr, no loading bars, no bare reprs of paths
+    for o in _outputs(run):
+        text = o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        assert o.get("name") != "stderr", f"{name} wrote to stderr: {text[:300]}"
+        assert "Warning" not in text and "PosixPath(" not in text and "it/s]" not in text, f"{name}: {text[:300]}"
+        if o.get("output_type") == "execute_result":  # a value shown as a bare repr is clutter, not a lesson
+            assert set(o["data"]) != {"text/plain"}, f"{name} shows a bare repr: {text[:200]}"
+
+
+@pytest.mark.slow
+def test_images_have_the_asked_size(executed):
+    for name in ("01_tour", "08_edit_your_image"):
+        run = _ok(executed, name)
+        nb = nbformat.read(run.executed, as_version=4)
+        assert nb is not None
+    rec = _csv(_ok(executed, "08_edit_your_image"), "reconstruction.csv").set_index("method")
+    assert set(rec.index) == {"ddim", "exact"}
+    # exact inversion gives back what the VAE can represent (the round trip), up to float rounding
+    assert rec.loc["exact", "mae_to_vae_roundtrip"] < 0.01, f"exact inversion did not reconstruct:\n{rec}"
+    assert rec.loc["ddim", "mae_to_vae_roundtrip"] >= rec.loc["exact", "mae_to_vae_roundtrip"] - 1e-6
+    assert rec["mae_to_input"].between(0, 1).all()  # NaN would mean the sizes differed
 
 
 @pytest.mark.slow
@@ -149,8 +169,7 @@ def test_02_fixed_noise_replays_exactly(executed):
     replay = _csv(run, "replay.csv")
     assert sorted(replay["eta"]) == [0.0, 1.0]
     assert (replay[["again", "loaded"]] == 0).all().all(), f"a replay differed:\n{replay}"
-    _png(run, "seeds_by_prompt.png")
-    _png(run, "step_noise.png")
+    _png(run, "guidance.png")
 
 
 @pytest.mark.slow
@@ -158,31 +177,21 @@ def test_03_switch_sweep_metrics(executed):
     run = _ok(executed, "03_switch_sweep")
     m = _csv(run, "switch_metrics.csv")
     assert m["switch"].min() == 0 and m["switch"].max() == STEPS and m["switch"].nunique() >= 3
-    # k = N is the pure c0 image and k = 0 the pure c1 image: their distances to themselves are exactly zero
-    assert (m.loc[m["switch"] == STEPS, "dist_to_c0"] == 0).all()
-    assert (m.loc[m["switch"] == 0, "dist_to_c1"] == 0).all()
-    assert m[["dist_to_c0", "dist_to_c1"]].stack().between(0, 1).all()
-    for col in ("content_kept", "style_reached"):
-        if col in m:
-            assert m[col].between(0, 1).all()
-    if HAVE_EVALUATOR:
-        assert "style_reached" in m
-        _png(run, "evaluator_curves.png")
+    assert (m.loc[m["switch"] == STEPS, "dist_to_c0"] == 0).all()  # k = N is the pure c0 image itself
+    assert m["dist_to_c0"].between(0, 1).all()
     _png(run, "switch_grid.png")
     _png(run, "switch_curves.png")
-    # the slider explorer was displayed as a widget
-    nb = nbformat.read(run.executed, as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    # the explorer is a live widget with a still beside it for pages without a kernel
+    widget = [o for o in _outputs(run) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget and "image/png" in widget[0]["data"]
 
 
 @pytest.mark.slow
-def test_04_trajectory_parting(executed):
+def test_04_trajectory(executed):
     run = _ok(executed, "04_when_does_it_appear")
-    p = _csv(run, "parting.csv")
+    p = _csv(run, "trajectory.csv")
     assert p["step"].tolist() == list(range(STEPS))
-    assert (p["x0_gap"] >= 0).all()
-    assert p["relative"].iloc[-1] == pytest.approx(1.0)  # relative to the last step's gap
+    assert (p["gap"] >= 0).all() and p["to_final_c1"].iloc[-1] < p["to_final_c1"].iloc[0]
     _png(run, "trajectory.png")
     _png(run, "parting.png")
 
@@ -192,83 +201,65 @@ def test_05_soft_mixing(executed):
     run = _ok(executed, "05_soft_mixing")
     for name in ("schedules.png", "soft_grid.png", "per_token.png", "editor_preview.png"):
         _png(run, name)
-    nb = nbformat.read(run.executed, as_version=4)
-    last = [c for c in nb.cells if c.cell_type == "code"][-1]
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in last.outputs)
+    outputs = _outputs(run)
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # schedules.png is shown, not its path
 
 
 @pytest.mark.slow
 def test_06_learning_lambda(executed):
     run = _ok(executed, "06_learning_lambda")
-    history = _csv(run, "history.csv")
-    iters = max(1, round(10 * 0.1))
-    assert history["iteration"].tolist() == list(range(iters + 1))  # one row per iteration, plus the result
-    assert np.isfinite(history["loss"]).all()
-    # floors=10: each term got a per-seed floor at its start value, silent on the start itself
-    assert history.loc[0, ["dir_floor", "perc_floor"]].tolist() == pytest.approx([0, 0], abs=1e-5)
+    for recipe in ("paper", "prompt"):
+        history = _csv(run, f"history_{recipe}.csv")
+        iters = max(1, round(10 * 0.1))
+        assert history["iteration"].tolist() == list(range(iters + 1))  # one row per iteration, plus the result
+        assert np.isfinite(history["loss"]).all()
     learned = _learned(run)
-    np.testing.assert_allclose(learned.weights.numpy(), history[[f"lambda_{i}" for i in range(STEPS)]].iloc[-1], rtol=1e-5)
-    for name in ("loss.png", "lambda.png", "images.png"):
+    assert learned.label == "learned" and len(learned.meta["prompts"]) == 2
+    for name in ("loss_terms.png", "lambda.png", "images.png"):
         _png(run, name)
 
 
 @pytest.mark.slow
-def test_07_transfer(executed):
+def test_07_transfer_uses_the_learned_schedule(executed):
     run = _ok(executed, "07_transfer")
     metrics = _csv(run, "transfer_metrics.csv")
-    assert metrics["seed"].tolist() == [10, 11]
-    if "perceptual" in metrics:
-        assert (metrics["perceptual"] >= 0).all()
+    assert sorted(metrics["seed"].unique()) == [10, 11]
+    assert metrics["clip_direction"].notna().all()
+    claims = run.claims.set_index("expected")
+    learned = [e for e in claims.index if e.startswith("the schedule transferred is a learned one")]
+    assert claims.loc[learned[0], "status"] == "holds"  # 06 ran first and 07 found its schedule
     _png(run, "transfer_grid.png")
 
 
 @pytest.mark.slow
-def test_08_inversion_reconstructs(executed):
-    run = _ok(executed, "08_edit_your_image")
-    rec = _csv(run, "reconstruction.csv").set_index("method")
-    assert set(rec.index) == {"ddim", "exact"}
-    # exact inversion gives back what the VAE can represent (the round trip), up to float rounding
-    assert rec.loc["exact", "mae_to_vae_roundtrip"] < 0.01, f"exact inversion did not reconstruct:\n{rec}"
-    assert rec.loc["ddim", "mae_to_vae_roundtrip"] >= rec.loc["exact", "mae_to_vae_roundtrip"] - 1e-6
-    assert rec["mae_to_input"].between(0, 1).all()
-    _png(run, "input.png")
-    _png(run, "edit.png")
-
-
-@pytest.mark.slow
-def test_09_attribute_by_step(executed, model_setup):
+def test_09_and_10_maps(executed):
     run = _ok(executed, "09_measuring_disentanglement")
     runs = _csv(run, "attribute_by_step.csv")
-    model, _, use_evaluator = model_setup
-    attributes = runner.default_attributes(model) if HAVE_TOYWORLD or not use_evaluator else ATTRIBUTES_09
-    assert sorted(runs["attribute"].unique()) == sorted(attributes)
-    per_attribute = runs.groupby("attribute")["switch"].nunique()
-    assert (per_attribute >= 3).all()
+    assert sorted(runs["family"].unique()) == ["smiling", "young"]
+    assert (runs.groupby("family")["switch"].nunique() >= 3).all()
     assert (runs.loc[runs["switch"] == STEPS, "dist_to_c0"] == 0).all()
-    if "style_reached" in runs:
-        assert runs["style_reached"].between(0, 1).all() and runs["content_kept"].between(0, 1).all()
-    _png(run, "style_heatmap.png")
-    _png(run, "content_heatmap.png")
-
-
-@pytest.mark.slow
-def test_10_paper_pairs(executed):
+    for name in ("windows.png", "dist_to_c0_heatmap.png"):  # no evaluator: the model-free map only
+        _png(run, name)
     run = _ok(executed, "10_paper_pairs")
     table = _csv(run, "pairs.csv")
-    expected = runner.paper_pairs("toyworld" if HAVE_TOYWORLD else "tiny").head(len(table))
-    assert len(table) >= 2
+    expected = runner.paper_pairs("tiny").head(2)
     assert table["c1"].tolist() == expected["c1"].tolist()
     assert table["switch"].tolist() == [round(k * STEPS / 50) for k in expected["c0_steps"]]
-    assert (table[["dist_edit_to_c0", "dist_edit_to_c1"]] >= 0).all().all()
     _png(run, "pairs_grid.png")
 
 
 # ---- the runner itself ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_runner_exports_html(executed, tmp_path):
-    run = executed["04_when_does_it_appear"]
+    run = executed["03_switch_sweep"]
     page = runner.export_html(run.executed, tmp_path / "page.html").read_text()
     assert "<html" in page and "data:image/png;base64" in page  # figures are embedded, the page stands alone
+    # a page has no kernel: the widget is shown by its still, not as an empty widget box
+    nb = nbformat.read(run.executed, as_version=4)
+    stills = [o["data"]["image/png"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]  # fmt: skip
+    assert stills and all(still.strip() in page for still in stills)
 
 
 def test_runner_reports_the_failing_cell(tmp_path):
@@ -289,7 +280,7 @@ def test_runner_reports_the_failing_cell(tmp_path):
 
 def test_runner_cli_parses_parameters(monkeypatch, tmp_path):
     seen = {}
-    def fake_run_all(out, params, only, folder, html):
+    def fake_run_all(out, params, only, folder, html, jobs=1):
         seen.update(params=params, only=only)
         return []
 

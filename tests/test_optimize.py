@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import disentkit as dk
-from disentkit.errors import ScheduleLengthError
+from disentkit import recipes
+from disentkit.errors import OptionError, ScheduleLengthError
 from disentkit.losses import DirectionalCLIPLoss, Hinge, paper_losses, tiny_clip
 from disentkit.optimize import (
     CheckpointMismatchError,
@@ -65,15 +66,15 @@ def test_reference_init_is_the_papers_switch():
     assert s.weights[:20].eq(0).all() and s.weights[20:].eq(1.2).all()
 
 
-@pytest.mark.parametrize("grad_checkpoint", [True, False])
-def test_gradient_matches_central_finite_differences(grad_checkpoint):
+@pytest.mark.parametrize("recompute", [True, False])
+def test_gradient_matches_central_finite_differences(recompute):
     # float64 end to end, so a central difference is accurate to ~1e-9 and any error in the chain rule shows.
     pipe64 = tiny_pipeline("sd1", seed=3).to(torch.float64)
     cond = dk.encode(pipe64, C0, C1)
     tape = dk.NoiseTape.from_seed(pipe64, 7, steps=STEPS, eta=0.5)  # stochastic DDIM: the tape's step noise too
     weights = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     pixel_loss = lambda edited, reference: (weights * (edited - reference)).sum()  # noqa: E731
-    objective = Objective(pipe64, cond, tape, as_loss_terms({"pix": pixel_loss}), 5.0, grad_checkpoint)
+    objective = Objective(pipe64, cond, tape, as_loss_terms({"pix": pixel_loss}), 5.0, recompute)
 
     lam = torch.tensor([0.2, 0.7, 1.1], dtype=torch.float64, requires_grad=True)
     objective(lam)[0].backward()
@@ -161,10 +162,10 @@ def test_one_decode_per_iteration_and_each_unet_call_recomputed_once(pipe, clip,
 
     from disentkit.losses import save_tiny_clip
 
-    module = sys.modules["disentkit.optimize"]  # dk.optimize is also the function's name
+    module = sys.modules["disentkit.objective"]  # where optimize's objective renders and builds its losses
     decodes, clips_loaded, unet_calls = [], [], []
     real_decode, real_load_clip = module.decode, module.load_clip
-    monkeypatch.setattr(module, "decode", lambda *a, **k: decodes.append(k.get("checkpoint")) or real_decode(*a, **k))
+    monkeypatch.setattr(module, "decode", lambda *a, **k: decodes.append(k.get("recompute")) or real_decode(*a, **k))
     monkeypatch.setattr(module, "load_clip", lambda *a, **k: clips_loaded.append(a) or real_load_clip(*a, **k))
     hook = pipe.unet.register_forward_hook(lambda *_: unet_calls.append(torch.is_grad_enabled()))
     try:
@@ -239,8 +240,40 @@ def test_keep_returns_the_lowest_loss_iterate_or_the_last(pipe, clip, setup, kee
 
 def test_keep_must_be_best_or_last(pipe, clip, setup):
     cond, tape = setup
-    with pytest.raises(ValueError, match="keep"):
+    with pytest.raises(OptionError, match="keep"):
         optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=1, clip=clip, keep="first", progress=False)
+    with pytest.raises(OptionError, match="floors"):
+        optimize(pipe, cond, reference_init(STEPS, c0_steps=1), tape, iters=1, clip=clip, floors=-1.0, progress=False)
+
+
+def test_old_keyword_names_still_work_with_a_deprecation_warning(pipe, clip, setup):
+    cond, tape = setup
+    init = reference_init(STEPS, c0_steps=1)
+    with pytest.warns(DeprecationWarning, match=r"grad_checkpoint=.* call it recompute="):
+        old = optimize(pipe, cond, init, tape, iters=1, clip=clip, grad_checkpoint=False, progress=False)
+    new = optimize(pipe, cond, init, tape, iters=1, clip=clip, recompute=False, progress=False)
+    assert torch.equal(old.schedule.weights, new.schedule.weights)
+    with pytest.warns(DeprecationWarning, match="call it sampler="):
+        by_old_name = dk.sample(pipe, cond, init, tape, scheduler="ddim", progress=False)
+    assert torch.equal(by_old_name.pixels, dk.sample(pipe, cond, init, tape, sampler="ddim", progress=False).pixels)
+    z = by_old_name.latents.requires_grad_(True)
+    with pytest.warns(DeprecationWarning, match="call it recompute="):
+        dk.decode(pipe, z, checkpoint=True)
+    with pytest.warns(DeprecationWarning, match="call it recompute="):
+        lam = init.weights[None, :, None].expand(1, STEPS, cond.tokens).clone().requires_grad_(True)
+        dk.denoise(pipe, cond, lam, tape, checkpoint=True, progress=False)
+
+
+def test_the_toy_recipe_is_optimize_with_its_settings(pipe, clip, setup):
+    cond, tape = setup
+    result = recipes.TOY.optimize(pipe, cond, tape, switch=1, clip=clip, iters=1, progress=False)
+    meta = result.schedule.meta
+    assert (meta["optimizer"], meta["learn_steps"], meta["lr"]) == ("tensorwise-adam", [1, 2], 0.05)
+    assert meta["losses"] == {"prompt": 1.0, "struct": 50.0, "prompt_floor": 10.0, "struct_floor": 500.0}
+    assert meta["init"]["weights"] == [0.0, 1.0, 1.0]
+    assert recipes.PAPER.settings(switch=1) == {"lr": 0.05, "optimizer": "adam", "learn_steps": None, "floors": 0.0}
+    with pytest.raises(OptionError, match="objective"):
+        recipes.Recipe("nonsense")
 
 
 class Interrupt(Exception):
@@ -414,6 +447,23 @@ def test_schedule_of_the_wrong_length_is_refused(pipe, clip, setup):
 
 
 # ---- transfer: a learned schedule is a file that applies to new seeds ---------------------------------------------
+# A batch of another size may run other matmul kernels (another blocking, other SIMD widths: AVX2, AVX-512, AMX), which
+# add the same products in another order. Each such sum is exact to a few float32 ulps (2**-23 ~ 1.2e-7 relative),
+# and the rounding compounds over the sampler's steps and the decoder's layers: on an AVX-512/AMX CPU the toy
+# pipeline's pixels moved by 1.8e-6 (15 ulps of 1.0). 2**-13 (~1.2e-4, 1024 ulps) of the pixel range leaves ~70x
+# room for other CPUs and still fails for any real mistake: a wrong step or a wrong mix weight moves pixels by > 1e-2.
+BATCH_ROUNDING = 2.0**-13
+
+
+def assert_same_up_to_rounding(pixels, other, images, other_images):
+    """Pixels in [0, 1] equal up to float rounding (relative to their range, 1), and the 8-bit images equal up to one
+    level: rounding moves a pixel that sits on a rounding boundary to the neighbouring level, never further."""
+    torch.testing.assert_close(pixels, other, rtol=BATCH_ROUNDING, atol=BATCH_ROUNDING)
+    for a, b in zip(images, other_images, strict=True):
+        levels = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert levels.max() <= 1
+
+
 class StubEvaluator:
     """Stands in for the toyworld evaluator: content kept = 1 - mean |difference|; style = mean red level."""
 
@@ -440,10 +490,16 @@ def test_transfer_applies_the_saved_schedule_to_new_seeds(pipe, clip, run, tmp_p
     assert np.allclose(m["style_gain"], m["style_edited"] - m["style_reference"])
     assert "content_mask_iou" in m
 
-    # Same images as sampling the schedule by hand with the metadata's prompts, sampler and guidance.
+    # Same images as sampling the schedule by hand with the metadata's prompts, sampler and guidance. transfer
+    # samples (pure c0, schedule) x seeds in one batch: the same batch by hand is the same image, bit for bit.
     cond = dk.encode(pipe, C0, C1)
-    by_hand = dk.sample(pipe, cond, run[0].schedule, dk.NoiseTape.from_seed(pipe, [5, 6], steps=STEPS), 7.5, progress=False)
-    torch.testing.assert_close(out.edited_pixels, by_hand.pixels, rtol=0, atol=1e-6)
+    tape = dk.NoiseTape.from_seed(pipe, [5, 6], steps=STEPS)
+    pure = dk.MixSchedule.constant(STEPS, 0.0)
+    same_batch = dk.sample(pipe, cond, [pure, run[0].schedule], tape, 7.5, progress=False)
+    assert torch.equal(out.edited_pixels, same_batch.pixels[2:]) and torch.equal(out.reference_pixels, same_batch.pixels[:2])
+    # The schedule alone is a batch of another size: equal up to float rounding, the same 8-bit image to one level.
+    alone = dk.sample(pipe, cond, run[0].schedule, tape, 7.5, progress=False)
+    assert_same_up_to_rounding(out.edited_pixels, alone.pixels, out.edited, alone.images)
 
 
 def test_transfer_refuses_another_step_count_unless_resampling(pipe, run):
@@ -462,5 +518,35 @@ def test_a_schedule_for_another_model_is_refused_unless_asked(run):
     with pytest.raises(ScheduleModelError, match="stable-diffusion-v1-4"):
         fit_schedule(schedule, toy, STEPS)
     with pytest.warns(UserWarning, match="learned on model"):
-        assert fit_schedule(schedule, toy, STEPS, resample=True) is schedule
+        assert fit_schedule(schedule, toy, STEPS, allow_other_model=True) is schedule
     assert isinstance(ScheduleModelError("x"), dk.errors.DisentkitError)
+
+
+def test_an_empty_prompt_is_refused_before_any_work(pipe, tmp_path, monkeypatch, capsys):
+    import disentkit.cli as cli
+    from disentkit.errors import PromptError
+
+    for c0, c1 in (("", C1), (C0, " "), ([C0, C0], [C1, ""])):
+        with pytest.raises(PromptError, match="empty prompt"):
+            dk.encode(pipe, c0, c1)  # so no optimisation can start from one
+    dk.encode(pipe, C0, C1, negative_prompt="")  # the unconditional prompt may be empty (it is by default)
+
+    monkeypatch.setattr(cli, "_load", lambda args: pytest.fail("the model was loaded for an empty prompt"))
+    out = tmp_path / "out"
+    for c0, c1 in (("a photo of a face", ""), ("  ", "a photo of a face, smiling")):
+        assert cli.main(["disentangle", "--c0", c0, "--c1", c1, "--out", str(out)]) == 2
+        assert "PromptError" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_edit_target_and_its_alternatives_are_read_off_toyworld_captions():
+    from disentkit.errors import PromptError
+    from disentkit.notebooks import style_target
+    from disentkit.targets import edit_alternatives, edit_target, edit_target_or_none
+
+    assert edit_target(C0, C1) == style_target(C0, C1) == ("expression", "smiling")
+    assert edit_alternatives(C0, C1) == ["a photo of a face, neutral", "a photo of a face, frowning"]
+    assert edit_alternatives("a photo of a star", "a sketch of a star") == ["a photo of a star"]
+    for c0, c1 in (("a cat", "a cat, red"), (C0, C0), (C0, "a photo of a face, smiling, red")):
+        with pytest.raises(PromptError):
+            edit_target(c0, c1)
+        assert edit_target_or_none(c0, c1) is None and edit_alternatives(c0, c1) == [c0]

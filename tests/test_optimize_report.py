@@ -1,10 +1,11 @@
-"""benchmarks/optimize_report.py: its verdicts say what the issue asks, and one pair runs end to end on the tiny
-random pipeline (the numbers are meaningless there; the shapes, keys and ranges are what is checked)."""
+"""The learned-schedule report (disentkit.reports.learned_schedules, run by benchmarks/optimize_report.py): its
+verdicts say what they claim, and one pair runs end to end on the tiny random pipeline (the numbers are meaningless
+there; the shapes, keys and ranges are what is checked)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,12 +20,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "optimize_report.p
 
 @pytest.fixture(scope="module")
 def opt_report():
-    spec = importlib.util.spec_from_file_location("optimize_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    from disentkit.reports import learned_schedules
+
+    return learned_schedules
 
 
 def _side(reached, iou, score):
@@ -315,10 +313,49 @@ def test_render_rejudges_old_reports_and_says_what_it_cannot_judge(opt_report, t
 
     path = tmp_path / "old.json"
     path.write_text(json.dumps(_old_report(opt_report)))
-    assert opt_report.main(["--render", str(path)]) == 0
+    opt_report.render(path)
     md = path.with_suffix(".md").read_text()
     assert "n/a (this report has no per-seed edit)" in md and "n/a (no pair has an edit verdict)" in md
     assert json.loads(path.read_text())["pairs"][0]["verdict"]["margin_share"] == pytest.approx(0.5)
     path.write_text(json.dumps(_old_report(opt_report, needed_unseen_seeds=0)))  # every unseen c0 has the target
-    assert opt_report.main(["--render", str(path)]) == 0
+    assert "n/a (no unseen seed needs the edit)" in opt_report.render(path)
     assert "n/a (no unseen seed needs the edit)" in path.with_suffix(".md").read_text()
+
+
+def test_the_script_renders_a_kept_report_from_the_command_line(opt_report, tmp_path):
+    """benchmarks/optimize_report.py is a thin command line over the module: --render runs from any folder."""
+    import json
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(_old_report(opt_report)))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--render", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert path.with_suffix(".md").read_text() in done.stdout
+
+
+def test_peak_memory_sees_what_a_block_allocates():
+    import torch
+
+    from disentkit.memory import RSS, PeakMemory
+
+    with PeakMemory("cpu") as mem:
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+        del block
+    assert mem.extra == mem.peak - mem.before and mem.as_dict()["extra_mib"] == mem.extra / 2**20
+    if mem.method == RSS:  # Linux lets the peak be reset: the block's own peak, freed or not
+        assert mem.extra >= 60 * 2**20
+
+
+def test_the_memory_part_measures_one_iteration_on_the_bundled_model(opt_report):
+    import torch
+
+    from disentkit.pipeline import toyworld_dir
+
+    threads = torch.get_num_threads()
+    try:
+        row = opt_report.memory_child(toyworld_dir(), 3, True, "cpu", threads)
+    finally:
+        torch.set_num_threads(threads)
+    assert row["grad_checkpoint"] is True and row["steps"] == 3 and row["seconds"] >= 0
+    assert row["peak_rss_mib"] >= row["rss_before_iteration_mib"] and row["iteration_extra_peak_mib"] >= 0

@@ -31,3 +31,19 @@ def test_ci_pins_the_cpu_torch():
     constraints = (ROOT / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in constraints
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_the_build_backend_reads_pyproject_without_a_deprecation_warning(monkeypatch):
+    """The license is an SPDX expression (setuptools >= 77); the old ``{text = ...}`` table is deprecated."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)  # setuptools reads the readme and finds the packages relative to the project
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert dist.metadata.license_expression == "Apache-2.0"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert "setuptools>=77" in requires

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import pytest
@@ -10,6 +12,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 import disentkit as dk
 from disentkit.errors import DeviceUnavailableError, ModelNotFoundError
+from disentkit.pipeline import locate, model_fingerprint, same_model
 from disentkit.testing import build_tokenizer, save_tiny_pipeline, sd_architecture, tiny_pipeline
 
 
@@ -180,3 +183,30 @@ def test_toyworld_loads_when_its_weights_are_bundled():
     pipe = dk.load_pipeline("toyworld")
     assert pipe.unet.dtype == torch.float32
     assert not any(p.requires_grad for p in pipe.unet.parameters())
+
+
+def test_an_uncached_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    # No HF_HUB_OFFLINE: the endpoint is a closed local port, as on a machine without network. huggingface_hub's own
+    # retries took ~23 s before this failed; the cache is tried first, then one TCP connection decides.
+    for var in [v for v in os.environ if "PROXY" in v.upper()]:
+        monkeypatch.delenv(var)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="cannot be reached"):
+        dk.load_pipeline("disentkit-tests/no-such-model")
+    with pytest.raises(ModelNotFoundError, match="pass --clip"):
+        locate("disentkit-tests/no-such-clip", what="CLIP", fix="pass --clip FOLDER")
+    assert time.perf_counter() - start < 5
+
+
+def test_the_fingerprint_follows_the_weights_not_the_object(sd1_pipe, tiny_pipe_dir):
+    loaded = dk.load_pipeline(tiny_pipe_dir)
+    assert same_model(model_fingerprint(loaded), model_fingerprint(sd1_pipe))
+    assert not same_model(model_fingerprint(tiny_pipeline("sd1", seed=1)), model_fingerprint(sd1_pipe))
+    assert not same_model(model_fingerprint(tiny_pipeline("sd2", seed=0)), model_fingerprint(sd1_pipe))
+    before = model_fingerprint(loaded)
+    with torch.no_grad():
+        loaded.unet.conv_in.weight.mul_(1.01)  # an in-place change (a merged LoRA, say) is seen
+    assert not same_model(model_fingerprint(loaded), before)
+    json.dumps(before)  # plain data: it goes into a schedule's JSON file

@@ -122,6 +122,10 @@ def test_prompt_following_table(tiny_report):
     per_factor = pd.read_csv(out / "prompt_following.csv")
     assert list(per_factor["factor"]) == ["kind", "color", "expression"]  # FACTORS order
     assert per_factor.set_index("factor").loc["kind", "n_images"] == 4
+    # each expression is judged on its own too: here the only one asked for is smiling
+    smiling = per_prompt.set_index(["prompt", "factor"]).loc[("a photo of a face, smiling", "expression"), "accuracy"]
+    assert per_factor.set_index("factor").loc["expression", "worst_value_accuracy"] == pytest.approx(smiling)
+    assert per_factor.set_index("factor").loc["expression", "value_bar"] == pytest.approx(0.85)
 
 
 def test_clip_zero_shot_table(tiny_report):
@@ -157,6 +161,21 @@ def test_map_tables(tiny_report):
     assert summary["content_k"].isin(cfg.switch_steps).all()
     assert summary["best_k"].dropna().isin(cfg.switch_steps).all()
     assert report["map"]["unet_rows"] < report["map"]["unshared_rows"]  # the c0 prefix was shared
+    windows = pd.read_csv(out / "map_windows.csv")
+    assert list(windows["pair"]) == ["colour", "texture"] and (windows["seeds"] == 2).all()
+    assert (windows["lacking"] <= windows["seeds"]).all()
+    assert not windows["window"].any()  # 2 seeds are never enough for a window, whatever the images show
+    assert "**Windows**" in (out / "report.md").read_text()
+
+
+def test_clip_on_generated_images_table(tiny_report):
+    report, out, _, _ = tiny_report
+    table = pd.read_csv(out / "clip_on_generated.csv")
+    assert list(table["factor"]) == list(scenes.FACTORS)
+    assert table["agreement"].dropna().between(0, 1).all()
+    assert table.set_index("factor").loc["color", "n"] == 4  # every generated image (2 prompts x 2 samples)
+    assert [r["factor"] for r in report["clip_on_generated"]] == list(scenes.FACTORS)
+    assert "CLIP on generated images" in (out / "report.md").read_text()
 
 
 def test_render_rewrites_the_words_from_report_json(tr, tiny_report):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from disentkit.errors import DisentkitError, InvalidImageError, ModelNotFoundError
+from disentkit.errors import InvalidImageError, MaskInputError, ModelNotFoundError, UnknownFactorError
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "evaluator"
 
@@ -50,10 +50,6 @@ DEFAULT_FACTORS: dict[str, tuple[str, ...]] = {
     "background": ("day", "night", "snow", "sunset"),
     "rendering": ("photo", "sketch"),
 }
-
-
-class MaskInputError(DisentkitError, ValueError):
-    """Masks passed to mask_iou / centroid_shift are not (H,W) or (B,H,W) boolean-like arrays of equal shapes."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,13 +315,6 @@ class Evaluator:
         (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         return path
 
-    @classmethod
-    def train(cls, config: Any = None, **overrides: Any) -> "Evaluator":
-        """Train a fresh evaluator on rendered scenes; see evaluator_train.TrainConfig for the settings."""
-        from disentkit.toyworld import evaluator_train  # imported here: training needs the scene generator
-
-        return evaluator_train.train(config, **overrides)
-
     # -- inference ----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -379,9 +368,9 @@ class Evaluator:
     def style_reached(self, images: Any, factor: str, value: str) -> torch.Tensor:
         """Probability (B,) that each image shows `factor == value`, e.g. ("background", "snow")."""
         if factor not in self.factors:
-            raise KeyError(f"unknown factor {factor!r}; the evaluator knows {list(self.factors)}")
+            raise UnknownFactorError(f"unknown factor {factor!r}; the evaluator knows {list(self.factors)}")
         if value not in self.factors[factor]:
-            raise KeyError(f"unknown value {value!r} for {factor!r}; choose one of {list(self.factors[factor])}")
+            raise UnknownFactorError(f"unknown value {value!r} for {factor!r}; choose one of {list(self.factors[factor])}")
         probs, _ = self.predict(images)
         return probs[factor][:, self.factors[factor].index(value)]
 

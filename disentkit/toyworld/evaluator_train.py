@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm, trange
 
+from disentkit.errors import TrainingConfigError
 from disentkit.toyworld import scenes
 from disentkit.toyworld.evaluator import (
     DEFAULT_WEIGHTS,
@@ -225,7 +226,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> Evaluator:
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
         if ckpt["config"] != asdict(cfg) | {"save_to": ckpt["config"]["save_to"]}:
-            raise RuntimeError(
+            raise TrainingConfigError(
                 f"{ckpt_path} was written with different settings {ckpt['config']}; delete it or pick another "
                 "out_dir to start afresh"
             )

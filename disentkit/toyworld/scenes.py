@@ -21,6 +21,8 @@ from typing import Iterable
 
 import numpy as np
 
+from disentkit.errors import CaptionError, SceneError, SceneFieldError
+
 KINDS = ("circle", "square", "triangle", "star", "face")
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 TEXTURES = ("plain", "striped", "dotted")
@@ -84,17 +86,17 @@ class Scene:
             value = getattr(self, name)
             if name == "expression":
                 if (self.kind == "face") != (value is not None):
-                    raise ValueError(
+                    raise SceneError(
                         f"expression={value!r} with kind={self.kind!r}: faces need one of {EXPRESSIONS}, "
                         "other kinds need expression=None"
                     )
                 if value is None:
                     continue
             if value not in values:
-                raise ValueError(f"{name}={value!r} is not one of {values}")
+                raise SceneError(f"{name}={value!r} is not one of {values}")
         half = self.size / 2
         if not (0 < self.size <= 1 and half <= self.x <= 1 - half and half <= self.y <= 1 - half):
-            raise ValueError(
+            raise SceneError(
                 f"object at x={self.x}, y={self.y} with size={self.size} leaves the image; "
                 "keep size/2 <= x, y <= 1 - size/2"
             )
@@ -116,7 +118,7 @@ def sample_scene(rng: np.random.Generator, **fixed) -> Scene:
     rendering (sketch with probability SKETCH_PROBABILITY). Fixing expression implies a face."""
     unknown = set(fixed) - set(Scene.__dataclass_fields__)
     if unknown:
-        raise TypeError(f"sample_scene got unknown fields {sorted(unknown)}; use {list(Scene.__dataclass_fields__)}")
+        raise SceneFieldError(f"sample_scene got unknown fields {sorted(unknown)}; use {list(Scene.__dataclass_fields__)}")
     # Draw every random number, always in the same order, so a fixed field never shifts the others.
     kind = KINDS[rng.integers(len(KINDS))]
     color = COLORS[rng.integers(len(COLORS))]
@@ -160,7 +162,7 @@ def caption(scene: Scene, mention: Iterable[str] = ()) -> str:
     mention = set(mention)
     unknown = mention - set(FACTORS)
     if unknown:
-        raise ValueError(f"cannot mention {sorted(unknown)}; factors are {list(FACTORS)}")
+        raise CaptionError(f"cannot mention {sorted(unknown)}; factors are {list(FACTORS)}")
     medium = "sketch" if ("rendering" in mention and scene.rendering == "sketch") else "photo"
     parts = [f"a {medium} of a {scene.kind}"]
     for name in CAPTION_ATTRIBUTES:
@@ -184,25 +186,25 @@ def _word_to_factor() -> dict[str, tuple[str, str]]:
 def parse_caption(text: str) -> dict[str, str]:
     """The factors a caption pins down: parse_caption("a sketch of a face, smiling") ->
     {"kind": "face", "rendering": "sketch", "expression": "smiling"}. "a photo of" pins nothing (neutral prefix).
-    Raises ValueError for text that is not a toy caption."""
+    Raises CaptionError (a ValueError) for text that is not a toy caption."""
     parts = [p.strip() for p in text.strip().lower().split(",")]
     words = parts[0].split()
     if len(words) != 5 or words[0] != "a" or words[2:4] != ["of", "a"] or words[1] not in ("photo", "sketch"):
-        raise ValueError(f"{text!r} does not start like 'a photo of a <kind>' or 'a sketch of a <kind>'")
+        raise CaptionError(f"{text!r} does not start like 'a photo of a <kind>' or 'a sketch of a <kind>'")
     if words[4] not in KINDS:
-        raise ValueError(f"{text!r}: unknown object {words[4]!r}; kinds are {KINDS}")
+        raise CaptionError(f"{text!r}: unknown object {words[4]!r}; kinds are {KINDS}")
     pinned = {"kind": words[4]}
     if words[1] == "sketch":
         pinned["rendering"] = "sketch"
     for part in parts[1:]:
         if part not in _word_to_factor():
-            raise ValueError(f"{text!r}: unknown attribute {part!r}; known are {sorted(_word_to_factor())}")
+            raise CaptionError(f"{text!r}: unknown attribute {part!r}; known are {sorted(_word_to_factor())}")
         name, value = _word_to_factor()[part]
         if name in pinned and pinned[name] != value:
-            raise ValueError(f"{text!r} says two different values for {name}")
+            raise CaptionError(f"{text!r} says two different values for {name}")
         pinned[name] = value
     if "expression" in pinned and pinned["kind"] != "face":
-        raise ValueError(f"{text!r}: only a face has an expression")
+        raise CaptionError(f"{text!r}: only a face has an expression")
     return pinned
 
 
@@ -297,7 +299,7 @@ def _shape_distance(kind, px, py, radius):
         return _polygon_distance(px, py - radius * 0.2, radius * 1.05, 3, np.pi / 6)
     if kind == "star":
         return _star_distance(px, py, radius)
-    raise ValueError(f"unknown kind {kind!r}")
+    raise SceneError(f"unknown kind {kind!r}")
 
 
 @lru_cache(maxsize=8)
@@ -364,7 +366,7 @@ def _draw_background(background: str, size: int) -> np.ndarray:
         img[:h] = _vertical_gradient(size, (95, 40, 120), (250, 150, 50), 0, HORIZON)[:h]
         img[h:] = _vertical_gradient(size, (125, 60, 30), (80, 35, 25), HORIZON, 1)[h:]
     else:
-        raise ValueError(f"unknown background {background!r}")
+        raise SceneError(f"unknown background {background!r}")
     return img
 
 
@@ -397,7 +399,7 @@ def _texture_pattern(texture: str, px, py, scale) -> np.ndarray:
         u = np.mod(px, period) - period / 2
         v = np.mod(py, period) - period / 2
         return _coverage(np.hypot(u, v) - 1.5 * scale)
-    raise ValueError(f"unknown texture {texture!r}")
+    raise SceneError(f"unknown texture {texture!r}")
 
 
 def _face_features(expression, px, py, radius, scale) -> np.ndarray:

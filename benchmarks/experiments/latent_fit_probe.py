@@ -1,11 +1,9 @@
 """Can fitting the latent to the image (Adam on the decoder's pixel error, from the encoder's latent) lift the
 reconstruction of toy scenes above the VAE round trip? The 8 scenes of optimize_report's inversion part.
 
-    python benchmarks/results/bundle_2026-11-26/latent_fit_probe.py
+    python benchmarks/experiments/latent_fit_probe.py > benchmarks/experiments/latent_fit_probe.txt
 """
-import sys, time
-from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+import time
 import numpy as np, torch
 torch.set_num_threads(2)
 import disentkit as dk

@@ -1,9 +1,9 @@
 """Why the smiling and stripes edits fail to transfer (README, #4): what it takes to edit the unseen seeds, and
 whether the toy CLIP sees the smiles the bundle draws.
 
-    python benchmarks/results/bundle_2026-11-26/hard_seeds.py > hard_seeds.md
+    python benchmarks/experiments/hard_seeds.py > benchmarks/experiments/hard_seeds.md
 
-1. For the 16 unseen seeds of optimize_report.py (1000-1015), the seeds whose c0 image lacks the target: how many
+1. For the 16 unseen seeds of the learned-schedule report (1000-1015), the seeds whose c0 image lacks the target: how many
    each switch step edits, and the mean mask IoU with the c0 image over all 16 (the evaluator judges). Also the
    best switch with a weight of 1.5 from step 20 on (--boost 1.5 20 in the report).
 2. On 48 more seeds (3000-3047): the evaluator's expression label of generated faces (c0 alone, the best switch
@@ -11,22 +11,17 @@ whether the toy CLIP sees the smiles the bundle draws.
    frowning", the prompts its prompt loss weighs.
 """
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import disentkit as dk  # noqa: E402
-from disentkit.losses import load_clip  # noqa: E402
-from disentkit.pipeline import toyworld_dir  # noqa: E402
-from disentkit.toyworld.evaluator import Evaluator  # noqa: E402
-from optimize_report import MORE_SEEDS, PAIRS, UNSEEN_SEEDS, start_schedule  # noqa: E402
+import disentkit as dk
+from disentkit.losses import load_clip
+from disentkit.pipeline import toyworld_dir
+from disentkit.recipes import start_schedule
+from disentkit.reports.learned_schedules import MORE_SEEDS, PAIRS, UNSEEN_SEEDS
+from disentkit.toyworld.evaluator import Evaluator
 
 STEPS = 50
 pipe, evaluator = dk.load_pipeline(toyworld_dir() / "pipeline"), Evaluator.load()

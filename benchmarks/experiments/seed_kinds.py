@@ -1,6 +1,7 @@
 """Which seeds an edit fails on, by what the unedited c0 image drew (the README's stripes and smiling paragraph).
 
-    python benchmarks/results/bundle_2026-11-26/seed_kinds.py REPORT.json > seed_kinds.md
+    python benchmarks/experiments/seed_kinds.py \
+        benchmarks/results/bundle_2026-11-26/optimize_report_floors16.json > benchmarks/experiments/seed_kinds.md
 
 Reads a full optimize_report JSON (its per-seed evaluator P(target) for c0, best switch and learned schedule),
 re-samples the pure-c0 images of the training and unseen seeds, asks the evaluator what each one drew (texture
@@ -15,14 +16,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import disentkit as dk  # noqa: E402
-from disentkit.pipeline import toyworld_dir  # noqa: E402
-from disentkit.toyworld.evaluator import Evaluator  # noqa: E402
-from optimize_report import TRAIN_SEEDS, UNSEEN_SEEDS  # noqa: E402
+import disentkit as dk
+from disentkit.pipeline import toyworld_dir
+from disentkit.reports.learned_schedules import TRAIN_SEEDS, UNSEEN_SEEDS
+from disentkit.toyworld.evaluator import Evaluator
 
 report = json.loads(Path(sys.argv[1]).read_text())
 pipe, evaluator = dk.load_pipeline(toyworld_dir() / "pipeline"), Evaluator.load()

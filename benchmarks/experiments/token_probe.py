@@ -1,16 +1,15 @@
 """Per-token schedules vs plain switches: can the attribute words and the rest (EOS + padding) at different
 switch steps reach an edit no plain switch reaches? Sampling only, evaluator-judged, train + unseen seeds.
 
-    python benchmarks/results/bundle_2026-11-26/token_probe.py PAIR_INDEX   # 0: smiling, 2: the striped circle
+    python benchmarks/experiments/token_probe.py PAIR_INDEX   # 0: smiling, 2: the striped circle
 """
 import sys, json, time
 from pathlib import Path
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parents[3])); sys.path.insert(0, str(HERE.parents[2]))  # the repo, benchmarks/
 import torch
 torch.set_num_threads(1)
 import disentkit as dk
-from optimize_report import PAIRS, judge, TRAIN_SEEDS, UNSEEN_SEEDS
+from disentkit.reports.learned_schedules import PAIRS, judge, TRAIN_SEEDS, UNSEEN_SEEDS
 from disentkit.toyworld.evaluator import Evaluator
 from disentkit.pipeline import toyworld_dir
 i = int(sys.argv[1])

@@ -1,4 +1,7 @@
-"""GPU check 3: the float16 SDXL path end to end through dk.sample and dk.optimize (GradScaler for fp16 models)."""
+"""GPU check: the float16 SDXL path end to end through dk.sample and dk.optimize (GradScaler for fp16 models).
+
+    python benchmarks/experiments/sdxl_fp16_check.py > benchmarks/experiments/sdxl_fp16_check.txt   # a GPU, random weights
+"""
 import time, torch, disentkit as dk
 from disentkit.testing import sd_architecture
 
