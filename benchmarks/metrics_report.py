@@ -35,13 +35,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import disentkit as dk  # noqa: E402
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
 from disentkit.map import Pair, find_windows, windows_match  # noqa: E402
 from disentkit.metrics import METRICS  # noqa: E402
-from optimize_report import PAIRS  # noqa: E402  (the ten attribute pairs, one list for every report)
+from disentkit.reports.learned_schedules import PAIRS  # noqa: E402  (the ten attribute pairs of every report)
 
 PROXIES = ["clip_prob", "clip_dir", "clip_text", "struct_clip", "pixel", "latent"]  # every metric that runs offline
 STYLE = [m for m in PROXIES if METRICS[m].kind == "style"]
@@ -209,7 +208,7 @@ def measure_sd(device: str, max_batch: int | None = None) -> dict:
 def sd_estimate() -> dict:
     """The full SD v1.4 map (15 pairs x 51 switch steps x 16 seeds, 50 steps, guidance 7.5, 512 px) on 1 and 8 GPUs,
     estimated from the kept H100 measurement of one optimisation iteration of the SD v1.4 architecture
-    (benchmarks/results/gpu_2026-11-26*/bench_results.json: 50 steps of forward + checkpointed backward, batch 1).
+    (docs/results/gpu_2026-11-26*/bench_results.json: 50 steps of forward + checkpointed backward, batch 1).
     A forward-and-backward step with per-step checkpointing costs about 3 forward passes (forward, the recomputed
     forward, a backward of about twice a forward) -> one guided UNet call (2 rows) ~ iteration / (50 x 4) s, an
     upper bound for the inference map, which batches its 51 branches per call (larger batches are cheaper per row
@@ -231,7 +230,7 @@ def sd_estimate() -> dict:
     calls_per_seed = count_branch_steps(schedules, "ddim", 50)  # branch-steps of one seed's prefix-shared sweep
     total_calls = 15 * 16 * calls_per_seed
     one_gpu_h = total_calls * per_call / 3600
-    return {"source": f"benchmarks/results/{name}/bench_results.json", "device": device, "iteration_s": iteration_s,
+    return {"source": f"docs/results/{name}/bench_results.json", "device": device, "iteration_s": iteration_s,
             "guided_call_s": per_call, "branch_steps_per_seed": calls_per_seed, "images": 15 * 51 * 16,
             "unshared_calls": 15 * 16 * 51 * 50, "guided_calls": total_calls, "hours_1_gpu": one_gpu_h,
             "hours_8_gpus": one_gpu_h / 8}  # 240 (pair, seed) units split evenly: 30 per GPU  # fmt: skip

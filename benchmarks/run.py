@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick]
 
-writes ``outputs/benchmarks/results.json`` and ``outputs/benchmarks/results.md``. Every figure is a ratio (or a
+writes ``outputs/docs/results.json`` and ``outputs/docs/results.md``. Every figure is a ratio (or a
 pair of numbers) measured in the same run, on the same machine, so a slow or busy machine changes the seconds but
 not the comparison:
 

@@ -139,3 +139,11 @@ class ImageSizeError(DisentkitError, ValueError):
 
 class MapSettingsError(DisentkitError, ValueError):
     """A disentanglement map's seeds, switch steps or step count are empty, repeated or out of range."""
+
+
+class MapIncompleteError(DisentkitError, RuntimeError):
+    """A disentanglement map's folder lacks the results of some of its units (run the map again to finish it)."""
+
+
+class MissingResultError(DisentkitError, FileNotFoundError):
+    """A result a function reads back (a map's thumbnail strip, say) was never written."""

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .plotting import image_grid
+from .errors import OptionError
 
 STYLE_MIN = 0.8  # P(target) at which the style counts as reached (the toyworld report's bar)
 IOU_MIN = 0.8  # mask IoU with the pure-c0 image at which the content counts as kept
@@ -44,7 +45,7 @@ def measure(ctx, result, reference: str = "c0") -> pd.DataFrame:
                                                     else -1) for s in runs["schedule"]]  # fmt: skip
     ref_index = {(r.pair, r.seed_index): i for i, r in runs[runs["switch"] == N].iterrows()}
     if len(ref_index) < runs[["pair", "seed_index"]].drop_duplicates().shape[0]:
-        raise ValueError("measure needs the pure-c0 image (switch = N) of every pair and seed among the runs.")
+        raise OptionError("measure needs the pure-c0 image (switch = N) of every pair and seed among the runs.")
     ref = [ref_index[(p, s)] for p, s in zip(runs["pair"], runs["seed_index"])]
     reference_px = result.pixels[ref]
     table = runs[["pair", "c0", "c1", "seed", "switch"]].copy()
@@ -284,7 +285,7 @@ def learn(ctx, switch: int, iters: int, recipe: str = "prompt", tape=None, callb
         terms = prompt_losses(clip, ctx.c0, ctx.c1, alternatives(ctx.c0, ctx.c1), beta=50.0, content="struct")
         options = {"losses": terms, "learn_steps": switch, "optimizer": "tensorwise-adam"}
     else:
-        raise ValueError(f"recipe is one of {list(RECIPES)}, not {recipe!r}.")
+        raise OptionError(f"recipe is one of {list(RECIPES)}, not {recipe!r}.")
     return optimize(ctx.pipe, ctx.cond, reference_init(ctx.steps, switch), tape if tape is not None else ctx.tape,
                     iters=iters, guidance=ctx.guidance, callback=callback, progress=False, **options, **kwargs)  # fmt: skip
 
@@ -677,7 +678,7 @@ def family_pairs(ctx, families: Sequence[str] | None = None) -> pd.DataFrame:
         names = list(families) if families else [f for f in FAMILIES if f != "snow"]
         unknown = [f for f in names if f not in FAMILIES]
         if unknown:
-            raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}.")
+            raise OptionError(f"unknown families {unknown}; choose from {list(FAMILIES)}.")
         rows = [(f, *FAMILIES[f]) for f in names]
     else:
         chosen = [p for p in PAPER_FAMILIES if not families or p[0] in families]

@@ -126,11 +126,16 @@ def load_clip(path_or_id: str | os.PathLike | None = None, device: str | torch.d
     """
     from transformers import AutoTokenizer, CLIPModel  # imported here: transformers is slow to import
 
+    from .pipeline import locate, quiet_loading
+
     name = os.fspath(path_or_id) if path_or_id is not None else str(toyworld_dir() / "clip")
     dev = resolve_device(device)
+    # an uncached hub id fails at once when offline, instead of after the hub client's retries
+    source = locate(name, what="CLIP", fix="pass clip=FOLDER (or --clip FOLDER), a folder with a CLIPModel")
     try:
-        model = CLIPModel.from_pretrained(name)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        with quiet_loading():
+            model = CLIPModel.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
             f"cannot load a CLIP model (with its tokenizer) from {name!r} ({type(err).__name__}: "
@@ -138,7 +143,7 @@ def load_clip(path_or_id: str | os.PathLike | None = None, device: str | torch.d
             f"plus tokenizer.save_pretrained, or a hub id available offline (e.g. {OPENAI_CLIP!r} once cached)."
         ) from err
     model.eval().requires_grad_(False).to(dev)
-    mean, std = _image_stats(name)
+    mean, std = _image_stats(source)
     return Clip(model, tokenizer, int(model.config.vision_config.image_size), mean, std, name)
 
 

@@ -27,7 +27,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import MapMismatchError, MapSettingsError, PairsFileError
+from .errors import (
+    MapIncompleteError,
+    MapMismatchError,
+    MapSettingsError,
+    MissingResultError,
+    PairsFileError,
+    UnknownKeyError,
+)
 from .files import atomic_path, write_json_atomic, write_text_atomic
 from .metrics import DEFAULT_METRICS, METRICS, METRICS_VERSION, Scorer, alternatives, check_metrics, toy_target
 
@@ -380,7 +387,7 @@ def _part_path(out: Path, p: int, seed: int) -> Path:
 def _merge(out: Path, units: list[tuple[int, int]]) -> pd.DataFrame:
     missing = [u for u in units if not _part_path(out, *u).is_file()]
     if missing:
-        raise RuntimeError(f"{len(missing)} units of the map have no results in {out / 'parts'} (e.g. {missing[0]}).")
+        raise MapIncompleteError(f"{len(missing)} units of the map have no results in {out / 'parts'} (e.g. {missing[0]}).")
     return pd.concat([pd.read_csv(_part_path(out, *u)) for u in units], ignore_index=True)
 
 
@@ -427,7 +434,7 @@ def load_strip(out: str | os.PathLike, pair_index: int, seed: int | None = None)
     if seed is not None:
         found = [f for f in found if f.stem == f"p{pair_index:03d}_s{seed}"]
     if not found:
-        raise FileNotFoundError(f"no thumbnail strip for pair {pair_index} in {out / 'strips'}.")
+        raise MissingResultError(f"no thumbnail strip for pair {pair_index} in {out / 'strips'}.")
     strip = Image.open(found[0]).convert("RGB")
     side = strip.height
     tiles = [strip.crop((i * side, 0, (i + 1) * side, side)) for i in range(strip.width // side)]
@@ -462,7 +469,7 @@ def find_windows(
     """
     for col in (content, style, "switch", "pair"):
         if col not in df:
-            raise KeyError(f"find_windows needs column {col!r}; the map has {list(df.columns)}.")
+            raise UnknownKeyError(f"find_windows needs column {col!r}; the map has {list(df.columns)}.")
     rows = []
     by = ["pair_index", "pair"] if "pair_index" in df else ["pair"]
     for key, part in df.groupby(by, sort=True):

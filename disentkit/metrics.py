@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .errors import MissingDependencyError, ModelNotFoundError, UnknownMetricError
+from .errors import MissingDependencyError, ModelNotFoundError, OptionError, UnknownMetricError
 from .losses import CLIP_MEAN, CLIP_STD, Clip, CLIPPromptLoss, CLIPStructureLoss, load_clip
 from .pipeline import locate, resolve_device
 
@@ -403,7 +403,7 @@ class Scorer:
                 v = pixel_distance(images, reference)
             else:  # latent
                 if latents is None or reference_latents is None:
-                    raise ValueError("metric 'latent' needs latents= and reference_latents= (SampleResult.latents).")
+                    raise OptionError("metric 'latent' needs latents= and reference_latents= (SampleResult.latents).")
                 v = latent_distance(latents, reference_latents)
             cols[name] = v.double().numpy()
         return pd.DataFrame(cols)

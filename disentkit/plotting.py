@@ -119,7 +119,7 @@ def image_grid(
     if rows * cols < n:
         raise LayoutError(f"{n} images do not fit a {rows}x{cols} grid.")
     if captions is not None and len(captions) != n:
-        raise ValueError(f"captions has {len(captions)} entries for {n} images.")
+        raise LayoutError(f"captions has {len(captions)} entries for {n} images.")
     for name, labels, count in (("row_labels", row_labels, rows), ("col_labels", col_labels, cols)):
         if labels is not None and len(labels) != count:
             raise LayoutError(f"{name} has {len(labels)} entries for {count} {name.split('_')[0]}s.")

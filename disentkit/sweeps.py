@@ -38,6 +38,7 @@ from .sampling import (
     mixed_embeddings,
     predict_x0,
     run_index,
+    run_safety_checker,
     sdxl_time_ids,
     tape_step,
     to_pil,
@@ -164,14 +165,23 @@ def sweep(
 
         # Every final branch is one distinct image per seed; decode it once and hand it to all its schedules.
         finals = torch.cat([b.x for b in live])  # (L*B, C, h, w)
-        decoded = torch.cat([decode(pipe, z).float().cpu() for z in finals.split(max_batch or len(finals))])
+        # an exact tape decodes one image per call too, so its pixels are those of sample() in any batch
+        per_call = tape.rows_per_call(max_batch) or max_batch or len(finals)
+        checked = [run_safety_checker(pipe, decode(pipe, z).float()) for z in finals.split(per_call)]
+        decoded = torch.cat([image.cpu() for image, _ in checked])
+        flags = None if checked[0][1] is None else [f for _, part in checked for f in part]
         finals = finals.float().cpu()
         latents = torch.empty(len(runs), *finals.shape[1:])
         pixels = torch.empty(len(runs), *decoded.shape[1:])
+        nsfw = [False] * len(runs) if flags is not None else None
         for bi, b in enumerate(live):
             rows = _run_rows(b, S, B)  # (members, B)
             latents[rows] = finals[bi * B : (bi + 1) * B]
             pixels[rows] = decoded[bi * B : (bi + 1) * B]
+            if nsfw is not None:
+                for members_row in rows.reshape(-1, B).tolist():
+                    for r, f in zip(members_row, flags[bi * B : (bi + 1) * B]):
+                        nsfw[r] = f
     latents, pixels = latents.clone(), pixels.clone()  # out of inference mode, so results can feed autograd code
 
     trajectory = observers[0].trajectory() if record else None
@@ -180,7 +190,7 @@ def sweep(
         "scheduler": tape.scheduler, "steps": tape.steps, "eta": tape.eta, "guidance": guidance,
         "unet_rows": unet_rows, "unshared_rows": rows_per_run * len(runs) * calls,
     }  # fmt: skip
-    return SampleResult(to_pil(pixels), pixels, latents, runs, schedules, trajectory, meta)
+    return SampleResult(to_pil(pixels), pixels, latents, runs, schedules, trajectory, meta, nsfw)
 
 
 def sweep_switch(

@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from .pipeline import freeze, quiet_loading
+from .errors import OptionError
 
 with quiet_loading():  # diffusers' SD pipelines import transformers' image processors, which announce their backend
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -129,7 +130,7 @@ def _tokenizers(kind: str, model_max_length: int = 77) -> tuple[CLIPTokenizer, C
                 build_tokenizer(Path(tmp) / "a", model_max_length),
                 build_tokenizer(Path(tmp) / "b", model_max_length, pad_token="!"),
             )
-    raise ValueError(f"unknown pipeline kind {kind!r}; use 'sd1', 'sd2' or 'sdxl'")
+    raise OptionError(f"unknown pipeline kind {kind!r}; use 'sd1', 'sd2' or 'sdxl'")
 
 
 def _assemble(
@@ -273,7 +274,7 @@ def tiny_pipeline(kind: Kind = "sd1", seed: int = 0) -> DiffusionPipeline:
 def _tiny_parts(kind: str, seed: int, vae=_tiny_vae, latent_size: int = 16) -> tuple:
     """The modules of :func:`tiny_pipeline` (``vae`` builds the VAE; ``latent_size`` is the UNet's default side)."""
     if kind not in ("sd1", "sd2", "sdxl"):
-        raise ValueError(f"unknown pipeline kind {kind!r}; use 'sd1', 'sd2' or 'sdxl'")
+        raise OptionError(f"unknown pipeline kind {kind!r}; use 'sd1', 'sd2' or 'sdxl'")
     tokenizer, tokenizer_2 = _tokenizers(kind)
     text_sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     if kind == "sd1":
@@ -449,7 +450,7 @@ def hub_pipeline(kind: Kind = "sd1", seed: int = 0, safety_checker: bool = True)
     ``safety_checker=False``) and its feature extractor.
     """
     if kind not in HUB_SCHEDULER_CONFIGS:
-        raise ValueError(f"unknown pipeline kind {kind!r}; use 'sd1', 'sd2', 'sdxl' (or 'clip' for save_hub_layout)")
+        raise OptionError(f"unknown pipeline kind {kind!r}; use 'sd1', 'sd2', 'sdxl' (or 'clip' for save_hub_layout)")
     parts = _tiny_parts(kind, seed, vae=lambda: _hub_vae(kind), latent_size=HUB_DEFAULT_SIDE[kind] // 8)
     config = dict(HUB_SCHEDULER_CONFIGS[kind])
     scheduler = getattr(diffusers, config.pop("_class_name")).from_config(config)  # as from_pretrained builds it
@@ -648,7 +649,7 @@ def sd_architecture(
     ~3.47B (UNet 2.57B, text 123M + 695M, VAE 84M). Building SDXL in float32 needs ~14 GB on the device before the cast.
     """
     if kind not in ("sd1", "sd2", "sdxl"):
-        raise ValueError(f"unknown architecture {kind!r}; use 'sd1', 'sd2' or 'sdxl'")
+        raise OptionError(f"unknown architecture {kind!r}; use 'sd1', 'sd2' or 'sdxl'")
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

@@ -73,7 +73,7 @@ def test_tape_for_another_sampler_is_refused(sd1_pipe, cond):
     tape = dk.NoiseTape.from_seed(sd1_pipe, seed=1, steps=STEPS, scheduler="ddim")
     sched = dk.MixSchedule.constant(STEPS, 0.0)
     with pytest.raises(TapeMismatchError, match="scheduler='plms'"):
-        dk.sample(sd1_pipe, cond, sched, tape, scheduler="plms", progress=False)
+        dk.sample(sd1_pipe, cond, sched, tape, sampler="plms", progress=False)
     with pytest.raises(TapeMismatchError, match="steps=9"):
         dk.sample(sd1_pipe, cond, sched, tape, steps=9, progress=False)
     wrong_shape = dk.NoiseTape(torch.zeros(1, 3, 16, 16), None, "ddim", STEPS)
@@ -248,7 +248,7 @@ def test_other_float16_vaes_run_as_they_are(kind, force_upcast):
 
 
 def test_checkpointed_decode_gives_the_same_images_and_gradient(sd1_pipe):
-    """decode(checkpoint=True) recomputes the decoder's layers in the backward pass: same pixels, same gradient,
+    """decode(recompute=True) recomputes the decoder's layers in the backward pass: same pixels, same gradient,
     nothing left changed on the VAE, and the recomputation really happens (a resnet runs twice)."""
     torch.manual_seed(0)
     z = torch.randn(2, 4, 8, 8)
@@ -262,13 +262,13 @@ def test_checkpointed_decode_gives_the_same_images_and_gradient(sd1_pipe):
         for checkpoint in (False, True):
             calls.clear()
             latents = z.clone().requires_grad_(True)
-            pixels = dk.decode(sd1_pipe, latents, checkpoint=checkpoint)
+            pixels = dk.decode(sd1_pipe, latents, recompute=checkpoint)
             (pixels * torch.linspace(0, 1, pixels.numel()).view_as(pixels)).sum().backward()
             results[checkpoint] = (pixels.detach(), latents.grad, len(calls))
             assert not any("forward" in m.__dict__ for m in sd1_pipe.vae.modules())  # every layer as it was
         with torch.no_grad():  # without gradients there is nothing to recompute
             calls.clear()
-            assert torch.equal(dk.decode(sd1_pipe, z, checkpoint=True), results[False][0]) and len(calls) == 1
+            assert torch.equal(dk.decode(sd1_pipe, z, recompute=True), results[False][0]) and len(calls) == 1
     finally:
         hook.remove()
     (plain, plain_grad, plain_calls), (ckpt, ckpt_grad, ckpt_calls) = results[False], results[True]
@@ -290,16 +290,16 @@ def test_checkpointed_decode_leaves_a_users_own_settings(sd1_pipe):
     resnet.forward = wrapper
     try:
         for _ in range(2):
-            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), recompute=True).sum().backward()
             assert resnet.forward is wrapper
         assert len(seen) == 4  # forward and recomputation, twice
         with pytest.raises(RuntimeError):  # a decode that fails half-way leaves nothing patched either
-            dk.decode(sd1_pipe, torch.randn(1, 3, 8, 8, requires_grad=True), checkpoint=True)
+            dk.decode(sd1_pipe, torch.randn(1, 3, 8, 8, requires_grad=True), recompute=True)
         assert resnet.forward is wrapper
         assert not any("forward" in m.__dict__ for m in vae.modules() if m is not resnet)
         vae.enable_gradient_checkpointing()  # diffusers' block-level switch: then it is the one used
         try:
-            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), recompute=True).sum().backward()
             assert resnet.forward is wrapper and vae.decoder.gradient_checkpointing is True
         finally:
             vae.disable_gradient_checkpointing()
@@ -321,14 +321,26 @@ def test_checkpointed_decode_reuses_one_wrapper_per_layer_and_keeps_no_vae_alive
     hook = layer.register_forward_pre_hook(lambda module, args: used.append(module.forward))
     try:
         for _ in range(2):
-            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+            dk.decode(sd1_pipe, torch.randn(1, 4, 8, 8, requires_grad=True), recompute=True).sum().backward()
     finally:
         hook.remove()
     assert used[0] is used[1] and "forward" not in layer.__dict__
     before = len(sampling._CHECKPOINTED_FORWARDS)
     copied = types.SimpleNamespace(vae=copy.deepcopy(sd1_pipe.vae))
-    dk.decode(copied, torch.randn(1, 4, 8, 8, requires_grad=True), checkpoint=True).sum().backward()
+    dk.decode(copied, torch.randn(1, 4, 8, 8, requires_grad=True), recompute=True).sum().backward()
     assert len(sampling._CHECKPOINTED_FORWARDS) > before
     del copied
     gc.collect()
     assert len(sampling._CHECKPOINTED_FORWARDS) == before
+
+
+def test_old_keyword_names_still_work_with_a_deprecation_warning(sd1_pipe, cond):
+    tape = dk.NoiseTape.from_seed(sd1_pipe, seed=1, steps=STEPS)
+    sched = dk.MixSchedule.switch(STEPS, 2)
+    new = dk.sample(sd1_pipe, cond, sched, tape, sampler="ddim", progress=False)
+    with pytest.warns(DeprecationWarning, match="sampler"):
+        old = dk.sample(sd1_pipe, cond, sched, tape, scheduler="ddim", progress=False)
+    assert torch.equal(new.pixels, old.pixels)
+    z = torch.randn(1, 4, 8, 8)
+    with pytest.warns(DeprecationWarning, match="recompute"):
+        assert torch.equal(dk.decode(sd1_pipe, z, checkpoint=True), dk.decode(sd1_pipe, z, recompute=True))

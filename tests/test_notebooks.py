@@ -70,13 +70,13 @@ def test_notebooks_match_their_generator():
 # ---- running them on a real-model folder ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_setup(tmp_path_factory):
-    """(model folder, clip folder): a tiny random-weight SD 1.x pipeline in the diffusers layout and a tiny CLIP,
-    as a user's own model would come; no evaluator (it judges toyworld images only)."""
-    from disentkit.losses import save_tiny_clip
-    from disentkit.testing import save_tiny_pipeline
+    """(model folder, clip folder): random-weight folders laid out like CompVis/stable-diffusion-v1-4 (safety
+    checker, feature extractor, PNDM config) and openai/clip-vit-base-patch32, as a user's own download would come;
+    no evaluator (it judges toyworld images only)."""
+    from disentkit.testing import save_hub_layout
 
-    root = tmp_path_factory.mktemp("tiny_models")
-    return str(save_tiny_pipeline("sd1", root / "sd1", seed=0)), str(save_tiny_clip(root / "clip", seed=0))
+    root = tmp_path_factory.mktemp("hub_models")
+    return str(save_hub_layout("sd1", root / "sd1", seed=0)), str(save_hub_layout("clip", root / "clip", seed=0))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/toyworld_report.py on the tiny random sd1 pipeline and a tiny random CLIP.
+"""Smoke tests of the toyworld report (disentkit.reports.toyworld, run by benchmarks/toyworld_report.py) on the tiny random sd1 pipeline and a tiny random CLIP.
 
 The quality bars are not checked here (random weights cannot pass them); what is checked is that every part runs,
 writes its tables and figures, and that the numbers have the shapes, columns and ranges a reader relies on.
@@ -6,9 +6,7 @@ writes its tables and figures, and that the numbers have the shapes, columns and
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +17,11 @@ from disentkit.losses import save_tiny_clip
 from disentkit.toyworld import scenes
 from disentkit.toyworld.evaluator import Evaluator
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "toyworld_report.py"
-
-
 @pytest.fixture(scope="module")
 def tr():
-    spec = importlib.util.spec_from_file_location("toyworld_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the script's string annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    from disentkit.reports import toyworld
+
+    return toyworld
 
 
 def test_prompt_set_says_one_attribute_each_and_covers_every_value(tr):

@@ -1,7 +1,7 @@
 """Which seeds an edit fails on, by what the unedited c0 image drew (the README's stripes and smiling paragraph).
 
     python benchmarks/experiments/seed_kinds.py \
-        benchmarks/results/bundle_2026-11-26/optimize_report_floors16.json > benchmarks/experiments/seed_kinds.md
+        docs/results/bundle_2026-11-26/optimize_report_floors16.json > benchmarks/experiments/seed_kinds.md
 
 Reads a full optimize_report JSON (its per-seed evaluator P(target) for c0, best switch and learned schedule),
 re-samples the pure-c0 images of the training and unseen seeds, asks the evaluator what each one drew (texture

@@ -1,6 +1,6 @@
 """Why are the bundled model's switch windows narrow? Cheap measurements of the candidate causes.
 
-    python -m disentkit.toyworld.diagnostics --map benchmarks/results/bundle_2026-11-26/report.json
+    python -m disentkit.toyworld.diagnostics --map docs/results/bundle_2026-11-26/report.json
 
 Four candidates, each measured rather than assumed:
   schedule    the noise schedule is Stable Diffusion's (tuned for 64x64 latents) on a 16x16 latent. For each

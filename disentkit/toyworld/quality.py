@@ -1,4 +1,4 @@
-"""Quality measurements of a toy model that the report (benchmarks/toyworld_report.py) and the tests share.
+"""Quality measurements of a toy model that the report (disentkit/reports/toyworld.py (run by benchmarks/toyworld_report.py)) and the tests share.
 
   switch_windows   per attribute pair of a switch sweep: the runs of consecutive switch steps that keep the content
                    (mean mask IoU with the pure-c0 image) and reach the style (on the seeds whose c0 image lacks it);
