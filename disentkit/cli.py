@@ -143,16 +143,9 @@ def _allow_other_model(args, schedule, pipe) -> bool:
 
 def _toy_evaluator(pipe):
     """The toyworld evaluator, when the model is toyworld and its weights are installed; else None."""
-    from .pipeline import model_id
+    from .map import toy_evaluator
 
-    if model_id(pipe) != "toyworld":
-        return None
-    try:
-        from .toyworld.evaluator import Evaluator
-
-        return Evaluator.load()
-    except (FileNotFoundError, ImportError):
-        return None
+    return toy_evaluator(pipe)
 
 
 # ---- subcommands ---------------------------------------------------------------------------------------------------

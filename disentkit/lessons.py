@@ -109,7 +109,8 @@ def windows(table: pd.DataFrame, style_min: float = STYLE_MIN, iou_min: float = 
 
 def switch_grid(result, table: pd.DataFrame, pair: int = 0, window: Sequence[int] = (), title: str | None = None):
     """Rows: seeds; columns: switch steps, pure c1 (k = 0) first and pure c0 (k = N) last. Column labels say the
-    switch and, with the evaluator, the mean P(target) and IoU; a column inside ``window`` is marked with *."""
+    switch (a column inside ``window`` is marked with *); with the evaluator, the caption under each image gives
+    that seed's P(target) and IoU."""
     part = table[table["pair"] == pair]  # the table's index is the image index of the result (see measure)
     N = result.schedules[0].steps
     ks = sorted(part["switch"].unique())
@@ -581,13 +582,20 @@ def transfer_table(ctx, schedules: dict, learned_on: Sequence[int] = ()):
     return fig, table
 
 
+def transfer_pivot(table: pd.DataFrame, values: Sequence[str] = ("style", "iou")) -> pd.DataFrame:
+    """:func:`transfer_table` as one row per seed (index seed, new) and one column per (value, schedule). Only the
+    (seed, new) pairs that occur are kept: ``dropna=False`` (needed so NaN scores without an evaluator keep their
+    columns) would otherwise add every seed once as new and once as learned-on, half of them all NaN."""
+    t = table.pivot_table(index=["seed", "new"], columns="schedule", values=list(values), aggfunc="first",
+                          dropna=False)
+    return t.reindex(pd.MultiIndex.from_frame(table[["seed", "new"]].drop_duplicates()))
+
+
 def transfer_verdicts(table: pd.DataFrame, early: str, start: str, learned: str = "learned") -> dict:
     """What 07 checks, from :func:`transfer_table`: the old seeds the start missed and the learned schedule fixed,
     counts of styled new seeds with the start and learned, the largest IoU change on new seeds, and the new seeds
     where the early switch works but the start comes too late (``need``), with those the learned one fixed."""
-    t = table.pivot_table(index=["seed", "new"], columns="schedule", values=["style_ok", "works", "iou"],
-                          aggfunc="first", dropna=False)  # NaN scores (no evaluator) keep their columns
-    t = t.reset_index()
+    t = transfer_pivot(table, ["style_ok", "works", "iou"]).reset_index()
     old, new = t[~t["new"]], t[t["new"]]
     missed_old = [int(s) for s in old["seed"][~old[("style_ok", start)].astype(bool)]]
     fixed_old = [int(s) for s in old["seed"][~old[("style_ok", start)].astype(bool) & old[("works", learned)].astype(bool)]]
@@ -598,6 +606,13 @@ def transfer_verdicts(table: pd.DataFrame, early: str, start: str, learned: str 
             "iou_change": float((new[("iou", learned)] - new[("iou", start)]).abs().max()) if len(new) else float("nan"),
             "need": [int(s) for s in need["seed"]],
             "fixed_new": [int(s) for s in need["seed"][need[("style_ok", learned)].astype(bool)]]}  # fmt: skip
+
+
+def background_changes(rec: pd.DataFrame) -> str:
+    """One line per row of :func:`invert_and_edit`'s table: the method's edit background, input -> edit, and
+    whether it was kept."""
+    return "\n".join(f"{m} inversion: edit background {a} -> {b} ({'kept' if a == b else 'changed'})"
+                     for m, a, b in zip(rec["method"], rec["background_input"], rec["background_edit"]))
 
 
 def _optional_clip(ctx):
@@ -750,13 +765,18 @@ def map_values(ctx) -> list[tuple[str, str]]:
     return [("dist_to_c0", "mean |pixel difference| with the c0 image (a proxy: content and style mixed)")]
 
 
-def family_heatmap(table: pd.DataFrame, value: str, name: str):
-    """Family x switch step heatmap of ``value`` (mean over seeds), rows labelled with their scope."""
+def family_heatmap(table: pd.DataFrame, value: str, name: str, windows: pd.DataFrame | None = None):
+    """Family x switch step heatmap of ``value`` (mean over seeds), rows labelled with their scope. With ``windows``
+    (:func:`family_windows`), each family's ``c0_shows`` seeds are left out, as they are of its window."""
     from .plotting import heatmap
 
+    if windows is not None:
+        shown = {(f, int(sd)) for f, seeds in zip(windows["family"], windows["c0_shows"]) for sd in seeds}
+        table = table[[(f, int(sd)) not in shown for f, sd in zip(table["family"], table["seed"])]]
     t = table.assign(row=table["family"] + " (" + table["scope"] + ")")
     bounds = {"vmin": 0, "vmax": 1} if value in ("style", "iou") else {}
-    return heatmap(t, "row", "switch", value, title=f"{name}, mean over seeds", **bounds)
+    over = "mean over seeds" + (" (those whose c0 shows it left out)" if windows is not None else "")
+    return heatmap(t, "row", "switch", value, title=f"{name}, {over}", **bounds)
 
 
 # ---- the paper's pairs (10) --------------------------------------------------------------------------------------

@@ -320,9 +320,12 @@ def evaluate(evaluator, images: torch.Tensor, reference: torch.Tensor, target: t
 def _resolve_evaluator(pipe, evaluator):
     if evaluator is False:
         return None
-    if evaluator is not None:
-        return evaluator
-    from .optimize import model_id
+    return evaluator if evaluator is not None else toy_evaluator(pipe)
+
+
+def toy_evaluator(pipe):
+    """The toyworld evaluator when ``pipe`` is the toy model and the evaluator's weights are installed, else None."""
+    from .pipeline import model_id
 
     if model_id(pipe) != "toyworld":
         return None

@@ -57,6 +57,9 @@ class _Shown:
             import base64
 
             bundle = {**bundle, "image/png": base64.b64encode(png).decode("ascii")}
+        else:
+            # Nothing drawn yet: a page without a kernel would print the widget's bare repr, ``VBox(...)``.
+            bundle = {**bundle, "text/plain": f"{type(self).__name__}: nothing drawn yet (it fills in as rows arrive)"}
         return bundle
 
     def snapshot(self) -> bytes:

@@ -177,8 +177,8 @@ ctx.expect("c1 everywhere shows the style, c0 everywhere does not",
 """),
     md(f"""
 **2. One edit.** `c0` for the first k steps, then `c1`. The paper switches at 20 of 50 on Stable Diffusion; on
-the toy model the colour edit's window lies earlier (the default k is 26% of the steps: 13 of 50, measured in
-`03_switch_sweep`). We expect the *content* of the `c0` image (where the circle is, its size: mask IoU >= 0.8)
+the toy model the colour edit's window lies earlier (this notebook uses k = 26% of the steps, 13 of 50;
+`03_switch_sweep` measures the window on its own seeds and prints its own best k). We expect the *content* of the `c0` image (where the circle is, its size: mask IoU >= 0.8)
 with the *style* of `c1` (P(red) >= 0.8).
 """),
     code("""
@@ -326,8 +326,8 @@ ctx.save(lessons.switch_grid(result, table, window=window, title=f"{ctx.c0!r} fo
          "switch_grid.png")
 """),
     md("""
-Each column is one switch step (pure `c1` first, pure `c0` last); its label gives the mean P(target) and mask IoU
-over the seeds, and `*` marks the switch steps where the most seeds work. Read a row from left to right: the
+Each column is one switch step (pure `c1` first, pure `c0` last; its title gives k, and `*` marks the switch
+steps where the most seeds work); the caption under each image gives that seed's P(target) and mask IoU. Read a row from left to right: the
 object settles into the `c0` image's place and size, and at some k the colour stops being red.
 """),
     code("""
@@ -502,7 +502,8 @@ ctx.expect(f"the ramp from {ke} to {kl} lies between the two switches: nearer ea
 `c0`: (a) the attribute words (the tokens where `c1`'s text differs from `c0`'s: `,` and `red`), (b) the
 end-of-text token and the padding after it, (c) all tokens (the plain switch). **What we expect, and why:** a CLIP
 text encoder is causal, so the end-of-text and padding tokens have read the whole prompt, attribute included, and
-the UNet's cross-attention looks at all 77 positions; the edit may ride on them rather than on the attribute word.
+the UNet's cross-attention looks at every position,
+padding included; the edit may ride on them rather than on the attribute word.
 """),
     code("""
 token_schedules, masks = lessons.token_schedules(ctx, schedules[i[f"switch {ke}"]])
@@ -545,8 +546,9 @@ editing the prompt.
 """),
     exercise(
         "Find the smallest late weight that brings the colour back at k = 16: try `switch 16, late 1.2` and "
-        "`late 1.1` (edit `lessons.soft_schedules` in your copy, or use the editor with points (0, 0.3, 1.1, 1.1, "
-        "1.1): the switch falls at t = 0.32).",
+        "`late 1.1` (edit `lessons.soft_schedules` in your copy). The editor cannot make a sharp switch: it joins its "
+        "five points by straight lines, so points (0, 0, 1.1, 1.1, 1.1) are a ramp from 0 at t = 0.25 to 1.1 at "
+        "t = 0.50, not a switch at 16 of 50.",
         "The learned schedule of `01_tour` and `06_learning_lambda` answers it for the seeds it was learned on: its "
         "`lambda.png` shows how far above 1 it raised the late weights. Below some weight the switch at 16 stays "
         "un-red; the evaluator's P(target) under each image tells you which side you are on."),
@@ -594,6 +596,7 @@ for recipe in recipes:
     learned[recipe].schedule.save(ctx.out / f"learned_{recipe}.json")
     ctx.save(learned[recipe].history, f"history_{recipe}.csv")
 _ = learned[recipes[-1]].schedule.save(ctx.out / "learned_schedule.json")  # what 07_transfer picks up
+live  # the finished plot again, so a page without a kernel shows a still of it
 """),
     md("""
 **Every loss term, per objective** (one panel per term, its own axis: the terms have different scales).
@@ -678,9 +681,9 @@ The paper reports that learned lambdas are not tied to the image they were learn
 seeds they give the same kind of edit. We take the schedule `06_learning_lambda` learned on seeds 0 and 4 (the
 prompt objective; if that notebook has not run, the switch it starts from is used and the last claim says so) and
 apply it to the two seeds it was learned on and to four new ones, next to the switch it started from (16) and the
-default switch (13). The new seeds are chosen to make the test sharp: on seed 8 even the switch at 16 brings the
-colour, while on seeds 14, 17 and 22 the switch at 13 brings it and the one at 16 comes too late, exactly the
-situation the schedule was learned to fix on seeds 0 and 4. **What we expect, and why:** if the "when" that the
+default switch (13). The new seeds are chosen to make the test sharp: on some of them even the switch at 16 brings
+the colour, while on others the switch at 13 works and the one at 16 comes too late, exactly the situation the
+schedule was learned to fix on seeds 0 and 4 (the cell after the table prints which new seeds are which). **What we expect, and why:** if the "when" that the
 schedule learned is a property of the model's denoising, it should fix those seeds too; if it is a property of
 seeds 0 and 4, it will not.
 """),
@@ -708,10 +711,13 @@ One row per seed and schedule: `new` = a seed the schedule was not learned on; `
 similarity; higher is more "towards `c1`"; computed on any model).
 """),
     code("""
-table.pivot_table(index=["seed", "new"], columns="schedule", values=["style", "iou"], dropna=False).round(2)
+lessons.transfer_pivot(table, ["style", "iou"]).round(2)
 """),
     code("""
 v = lessons.transfer_verdicts(table, f"switch at {k0}", f"switch at {k}")
+new_rows = table[table.new & (table.schedule == f"switch at {k}")]
+print(f"new seeds styled already by the switch at {k}: {[int(s) for s in new_rows.seed[new_rows.style_ok]]}; "
+      f"new seeds where the switch at {k0} works and the one at {k} is too late: {v['need']}")
 ctx.expect(f"on the seeds it was learned on, the learned schedule brings the style the switch at {k} misses",
            f"seeds {v['fixed_old']} of {v['missed_old']}", len(v["missed_old"]) > 0 and v["fixed_old"] == v["missed_old"], truth=True)
 ctx.expect(f"on new seeds it does no harm: the style on at least as many as with the switch at {k}, content within 0.05",
@@ -788,9 +794,11 @@ ctx.expect(f"the edit ({best} inversion, switch at {k}) keeps the input's object
            r.loc[best, "edit_iou"] >= 0.8 and r.loc[best, "edit_style"] >= 0.8, truth=True)
 ctx.expect("the edit keeps the input's background", f"{r.loc[best, 'background_input']} -> {r.loc[best, 'background_edit']}",
            r.loc[best, "background_input"] == r.loc[best, "background_edit"], truth=True)
+print(lessons.background_changes(rec))  # every inversion's edit: a looser inversion can lose the background
 """),
     md("""
-**A case where it fails.** The same inversion and edit on another scene, whose background is night.
+**A case where it fails.** The same exact inversion and edit on another scene (`failure_seed`); the claim prints
+its background before and after the edit.
 """),
     code("""
 if failure_seed is not None:
@@ -809,8 +817,9 @@ if failure_seed is not None:
 is decided in the very first steps (`09_measuring_disentanglement` maps it), and the edit keeps it only when the
 switch comes after those steps and `c1` does not pull towards another background. The colour prompt says nothing
 about the background, but guidance on `c1` pulls every image towards `c1`'s most typical picture (`02_fixed_noise`):
-a scene whose background is rare for `c1` can lose it, as the night scene above does. Try other `image_seed`
-values and read the claims.
+whether a scene keeps its background then depends on the scene as a whole, not only on which
+background it has: compare the backgrounds the two inputs' claims print. Try other `image_seed` values and read
+the claims.
 """),
     exercise(
         "Save a picture of your own (a 64 x 64 PNG of a coloured shape on a plain background works best on toyworld) "
@@ -862,7 +871,7 @@ ctx.save(lessons.family_grid(result, table, win), "windows.png")
 """),
     code("""
 for value, name in lessons.map_values(ctx):
-    display(ctx.save(lessons.family_heatmap(table, value, name), f"{value}_heatmap.png"))
+    display(ctx.save(lessons.family_heatmap(table, value, name, win), f"{value}_heatmap.png"))
 """),
     md("""
 **What we see, checked.**
