@@ -966,8 +966,8 @@ colour or background) or brings it only by moving the object. The lesson for any
 step count, and check that `c0` does not already show what you want to add.
 """),
     exercise(
-        "Give the pairs more seeds: set `seeds = [0, 1, 2]` and read `table` of the next run. Does the paper's switch "
-        "work more often on other seeds?",
+        "Try the pairs on other seeds. The notebook uses each pair's own seed from the paper (the `seeds` parameter "
+        "does not apply here): does the paper's switch work as often on other seeds?",
         "This notebook uses each pair's own seed from the paper; to try other seeds, edit `pairs[\"seed\"]` in the "
         "first code cell (e.g. `pairs[\"seed\"] = 1`). The claims then report on those seeds."),
     next_up("10_paper_pairs"),
