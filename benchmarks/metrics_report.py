@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import disentkit as dk  # noqa: E402
 from disentkit.files import write_json_atomic, write_text_atomic  # noqa: E402
-from disentkit.map import Pair, find_windows, windows_match  # noqa: E402
+from disentkit.map import Pair, find_windows, window_text, windows_match  # noqa: E402
 from disentkit.metrics import METRICS  # noqa: E402
 from disentkit.reports.learned_schedules import PAIRS  # noqa: E402  (the ten attribute pairs of every report)
 
@@ -97,7 +97,7 @@ def analyse(df: pd.DataFrame) -> dict:
         for m in CONTENT:
             row[m] = spearman(-part[m], part[GT_CONTENT])  # a distance: lower should mean a higher IoU
         g = gt.set_index("pair_index").loc[p]
-        row["gt_window"] = _window_text(g)
+        row["gt_window"] = window_text(g)
         per_pair.append(row)
     table = pd.DataFrame(per_pair)
 
@@ -112,14 +112,10 @@ def analyse(df: pd.DataFrame) -> dict:
                                               ascending=False, ignore_index=True)  # fmt: skip
     best = combos.iloc[0]
     w = windows[(best["content"], best["style"])].set_index("pair_index")
-    table["proxy_window"] = [_window_text(w.loc[p]) for p in table["pair_index"]]
+    table["proxy_window"] = [window_text(w.loc[p]) for p in table["pair_index"]]
     chosen = matches[(best["content"], best["style"])]
     table["window_match"] = chosen.reindex(table["pair_index"]).fillna(False).to_numpy(bool)
     return {"per_pair": table, "combos": combos, "best": best.to_dict(), "gt_windows": gt}
-
-
-def _window_text(w) -> str:
-    return f"{int(w['start'])}-{int(w['end'])}" if bool(w["found"]) else "none"
 
 
 def short(name: str) -> str:

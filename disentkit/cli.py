@@ -341,7 +341,7 @@ def cmd_map(args) -> int:
     df = disentanglement_map(
         pipe, pairs, args.seeds, args.switch, metrics=metrics, steps=args.steps, guidance=args.guidance,
         out=args.out, progress=not args.quiet, scorer=scorer, late=args.late, max_batch=args.max_batch,
-        evaluator=False if args.no_evaluator else None,
+        evaluator=False if args.no_evaluator else None, height=args.height, width=args.width,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:  # one process writes the report
         windows = write_map_report(df, args.out, content, style, figures=not args.no_figures)
@@ -457,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, help="at most this many images per UNet call (memory)")
     p.add_argument("--no-figures", action="store_true", help="only the CSVs and the summary")
     p.add_argument("--no-evaluator", action="store_true", help="on toyworld: leave out the evaluator's columns")
+    _size(p, "the model's")
     _common(p)
     p.set_defaults(func=cmd_map, device=None)
 

@@ -4,8 +4,9 @@ Each function takes a :class:`~disentkit.notebooks.Lesson` (what ``notebooks.set
 returns plain data (DataFrames, tensors) or a figure. Measurements use the toyworld evaluator when the lesson has
 one (``ctx.evaluator``): *style reached* is its probability that an image shows the attribute ``c1`` adds; *content
 kept* is the overlap (IoU) of the object masks it finds in an image and in the pure-``c0`` image of the same
-noise. Without it (real models) only model-free numbers are computed (pixel distances), and the claims that need
-ground truth are recorded as not judged.
+noise. Without it (real models) the claims that need ground truth are recorded as not judged, and the maps of 03, 09
+and 10 show the proxies of :mod:`disentkit.metrics` instead (CLIP's probability of ``c1``'s attribute, the pixel
+distance to the ``c0`` image), which docs/metrics.md checks against the evaluator on toyworld.
 """
 
 from __future__ import annotations
@@ -33,38 +34,78 @@ def _style(ev, pixels: torch.Tensor, c0: str, c1: str) -> np.ndarray | None:
     return ev.style_reached(pixels, factor, value).numpy().astype(float)
 
 
-# ---- switch sweeps -------------------------------------------------------------------------------------------
-def measure(ctx, result, reference: str = "c0") -> pd.DataFrame:
-    """One row per image of a switch sweep (``dk.sweep_switch``) or of any sample whose pure-c0 image is among
-    its runs: pair, c0, c1, seed, switch (``meta["switch"]``, N for pure c0), ``dist_to_c0`` (mean |pixel
-    difference| with that image, 0..1); with the evaluator also ``style`` (P(target)), ``c0_style`` (the same for
-    the pure-c0 image: an attribute c0 already shows cannot be an edit), ``iou`` and ``shift`` (px)."""
-    runs = result.runs.reset_index(drop=True)
-    N = result.schedules[0].steps
-    runs["switch"] = [result.schedules[s].meta.get("switch", N if float(result.schedules[s].weights.abs().max()) == 0
-                                                    else -1) for s in runs["schedule"]]  # fmt: skip
-    ref_index = {(r.pair, r.seed_index): i for i, r in runs[runs["switch"] == N].iterrows()}
-    if len(ref_index) < runs[["pair", "seed_index"]].drop_duplicates().shape[0]:
-        raise OptionError("measure needs the pure-c0 image (switch = N) of every pair and seed among the runs.")
-    ref = [ref_index[(p, s)] for p, s in zip(runs["pair"], runs["seed_index"])]
-    reference_px = result.pixels[ref]
-    table = runs[["pair", "c0", "c1", "seed", "switch"]].copy()
-    table["dist_to_c0"] = (result.pixels - reference_px).abs().mean(dim=(1, 2, 3)).numpy()
-    ev = ctx.evaluator
-    if ev is not None:
-        style = np.full(len(runs), np.nan)
-        for pair, part in runs.groupby("pair"):
-            got = _style(ev, result.pixels[part.index.tolist()], part["c0"].iloc[0], part["c1"].iloc[0])
-            if got is not None:
-                style[part.index.to_numpy()] = got
-        table["style"] = style
-        table["c0_style"] = style[ref]
-        kept = ev.content_kept(result.pixels, reference_px)
-        table["iou"] = kept["mask_iou"].to_numpy()
-        table["shift"] = kept["shift_px"].to_numpy()
-    else:  # no ground truth: the columns exist, empty, so claims built on them evaluate (and are not judged)
-        table[["style", "c0_style", "iou", "shift"]] = np.nan
-    return table
+# ---- maps: switch sweeps, scored (03, 09, 10) -----------------------------------------------------------------
+def map_metrics(clip) -> list[str]:
+    """The proxies a course map computes: with a CLIP, the recommended pair (content ``pixel``, style ``clip_prob``:
+    docs/metrics.md) and CLIP's structure distance ``struct_clip`` (kept in the CSV beside ``pixel``: a content
+    proxy that a uniform change of colour or brightness does not move); without one, ``pixel`` only."""
+    return ["clip_prob", "struct_clip", "pixel"] if clip is not None else ["pixel"]
+
+
+def run_map(ctx, pairs: pd.DataFrame, switch_steps: Sequence[int], seeds: Sequence[int] | None = None,
+            name: str = "map") -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """:func:`disentkit.disentanglement_map` of ``pairs`` (columns c0, c1, optional name) over ``switch_steps`` (and
+    the pure-c0 end) on the lesson's model, seeds, steps, guidance and size, written to ``ctx.out / name`` with a
+    thumbnail strip per seed. A rerun with the same settings reads it back; with other settings it starts afresh.
+
+    Returns (table, images). table: the map's rows (one per pair, seed and switch step: ``name``, c0, c1, seed,
+    switch, the proxies of :func:`map_metrics`) with the course's columns: ``pair`` = the pair's row number, and
+    from the evaluator ``style`` (P(target)), ``iou`` (mask IoU with the pure-c0 image) and ``c0_style`` (the
+    pure-c0 image's P(target): an attribute c0 already shows is no edit), NaN without it. images: {(pair, seed,
+    switch): PIL image}."""
+    import shutil
+
+    from .errors import MapMismatchError
+    from .map import Pair, disentanglement_map, load_strip
+
+    seeds = [int(s) for s in (ctx.seeds if seeds is None else seeds)]
+    ks = sorted({int(k) for k in switch_steps} | {ctx.steps})
+    names = pairs["name"] if "name" in pairs else [""] * len(pairs)
+    todo = [Pair(c0, c1, n) for c0, c1, n in zip(pairs["c0"], pairs["c1"], names)]
+    clip = _optional_clip(ctx)
+    out = ctx.out / name
+
+    evaluator = False if ctx.evaluator is None else ctx.evaluator  # False: none, not the model's default one
+
+    def run():
+        return disentanglement_map(
+            ctx.pipe, todo, seeds, ks, metrics=map_metrics(clip), evaluator=evaluator, steps=ctx.steps,
+            guidance=ctx.guidance, out=out, progress=False, clip=clip, strip_seeds=len(seeds), height=ctx.height,
+            width=ctx.width,
+        )  # fmt: skip
+
+    try:
+        df = run()
+    except MapMismatchError:  # made by an earlier run with other parameters: the folder is this notebook's own
+        shutil.rmtree(out)
+        df = run()
+    table = df.rename(columns={"pair": "name", "pair_index": "pair", "evaluator_target_prob": "style",
+                               "evaluator_mask_iou": "iou"}).drop(columns=["evaluator_kind_agree", "evaluator_score"],
+                                                                  errors="ignore")  # fmt: skip
+    for col in ("style", "iou"):
+        if col not in table:  # no ground truth: the columns exist, empty, so claims built on them evaluate
+            table[col] = np.nan  # (and are recorded as not judged)
+    c0_style = table[table["switch"] == ctx.steps].set_index(["pair", "seed"])["style"]
+    table["c0_style"] = [c0_style.get((p, s), np.nan) for p, s in zip(table["pair"], table["seed"])]
+    images = {}
+    for p in range(len(todo)):
+        for seed in seeds:
+            tiles, _ = load_strip(out, p, seed)
+            images.update({(p, seed, k): tile for k, tile in zip(ks, tiles)})
+    return table, images
+
+
+def proxy_windows(table: pd.DataFrame, content: str | None = None, style: str | None = None) -> pd.DataFrame:
+    """:func:`disentkit.find_windows` on a :func:`run_map` table: by default on the proxies (the recommended pair,
+    content ``pixel``, style ``clip_prob``), the windows a model without an evaluator gets; ``content="iou",
+    style="style"`` applies the same rule to the evaluator's columns. An empty frame without those columns."""
+    from .map import RECOMMENDED, find_windows
+
+    content, style = content or RECOMMENDED[0], style or RECOMMENDED[1]
+    if style not in table or content not in table:
+        return pd.DataFrame(columns=["name", "pair", "c0", "c1", "start", "end", "width", "found", "best"])
+    as_map = table.rename(columns={"pair": "pair_index", "name": "pair"})  # the map's own column names
+    return find_windows(as_map, content=content, style=style).rename(columns={"pair": "name", "pair_index": "pair"})
 
 
 def has_truth(table: pd.DataFrame) -> bool:
@@ -88,7 +129,7 @@ def windows(table: pd.DataFrame, style_min: float = STYLE_MIN, iou_min: float = 
     there (``seeds_ok`` of ``seeds``), the seeds on which no sampled switch works (``no_window``), the latest switch
     at which the mean style is still reached (``style_until``) and the first from which the mean IoU stays kept
     (``content_from``)."""
-    t = table[table["switch"] >= 0].assign(ok=works(table, style_min, iou_min))
+    t = table.assign(ok=works(table, style_min, iou_min))
     rows = []
     for (pair, c1), part in t.groupby(["pair", "c1"], sort=True):
         per_k = part.groupby("switch").agg(ok=("ok", "sum"), style=("style", "mean"), iou=("iou", "mean"))
@@ -107,44 +148,49 @@ def windows(table: pd.DataFrame, style_min: float = STYLE_MIN, iou_min: float = 
     return pd.DataFrame(rows)
 
 
-def switch_grid(result, table: pd.DataFrame, pair: int = 0, window: Sequence[int] = (), title: str | None = None):
-    """Rows: seeds; columns: switch steps, pure c1 (k = 0) first and pure c0 (k = N) last. Column labels say the
-    switch (a column inside ``window`` is marked with *); with the evaluator, the caption under each image gives
-    that seed's P(target) and IoU."""
-    part = table[table["pair"] == pair]  # the table's index is the image index of the result (see measure)
-    N = result.schedules[0].steps
-    ks = sorted(part["switch"].unique())
-    seeds = list(dict.fromkeys(part["seed"]))
-    where = {(t.seed, t.switch): i for i, t in part.iterrows()}
-    cells = [where[(s, k)] for s in seeds for k in ks]
-    images = [result.images[i] for i in cells]
-    captions = _captions(part.loc[cells]) if has_truth(part) else None
+def _proxy_captions(rows: pd.DataFrame) -> list[str]:
+    """"CLIP 0.93 px 0.12" under each image (the proxies: CLIP's P(c1's attribute), RMS pixel change from c0)."""
+    if "clip_prob" in rows:
+        return [f"CLIP {p:.2f} px {d:.2f}" for p, d in zip(rows["clip_prob"], rows["pixel"])]
+    return [f"px {d:.2f}" for d in rows["pixel"]]
+
+
+def switch_grid(table: pd.DataFrame, images: dict, pair: int = 0, window: Sequence[int] = (), title: str | None = None):
+    """Rows: seeds; columns: switch steps, pure c1 (k = 0) first and pure c0 (k = N) last, from :func:`run_map`'s
+    table and images. Column labels say the switch (a column inside ``window`` is marked with *); the caption under
+    each image gives that seed's P(target) and IoU, or without the evaluator its proxies."""
+    part = table[table["pair"] == pair].set_index(["seed", "switch"])
+    N = int(table["switch"].max())
+    ks = sorted(part.index.get_level_values("switch").unique())
+    seeds = list(dict.fromkeys(part.index.get_level_values("seed")))
+    cells = [(s, k) for s in seeds for k in ks]
+    rows = part.loc[cells]
+    captions = _captions(rows) if has_truth(rows) else _proxy_captions(rows)
 
     def label(k):
         return "c1 (k=0)" if k == 0 else "c0 (k=N)" if k == N else f"k={k}" + ("*" if k in window else "")
 
-    return image_grid(images, len(seeds), len(ks), [f"seed {s}" for s in seeds], [label(k) for k in ks], title,
-                      captions=captions)
+    return image_grid([images[(pair, s, k)] for s, k in cells], len(seeds), len(ks), [f"seed {s}" for s in seeds],
+                      [label(k) for k in ks], title, captions=captions)  # fmt: skip
 
 
 def window_curves(table: pd.DataFrame, pair: int = 0, window: Sequence[int] = (), title: str | None = None,
                   window_label: str = "window"):
     """Mean style reached and content kept (min-max band over seeds) against the switch step, with the window
-    shaded; without the evaluator, the pixel distance to the c0 image."""
+    shaded; without the evaluator, the proxies' curves and window (:func:`proxy_curves`)."""
     from .plotting import _new_figure
 
     part = table[table["pair"] == pair]
+    if not has_truth(part):
+        return proxy_curves(table, pair, title)
     fig = _new_figure(6.0, 3.2)
     ax = fig.subplots()
-    ys = [("style", "style reached: P(target)"), ("iou", "content kept: mask IoU with c0")] if has_truth(part) else [
-        ("dist_to_c0", "mean |pixel difference| with the c0 image")]  # fmt: skip
-    for col, name in ys:
+    for col, name in (("style", "style reached: P(target)"), ("iou", "content kept: mask IoU with c0")):
         stats = part.groupby("switch")[col].agg(["mean", "min", "max"])
         line = ax.plot(stats.index, stats["mean"], marker=".", label=name)[0]
         ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
-    if has_truth(part):
-        ax.axhline(STYLE_MIN, color="0.5", lw=0.8, ls=":")
-        ax.set_ylim(-0.02, 1.02)
+    ax.axhline(STYLE_MIN, color="0.5", lw=0.8, ls=":")
+    ax.set_ylim(-0.02, 1.02)
     if len(window):
         ax.axvspan(min(window) - 0.5, max(window) + 0.5, color="tab:green", alpha=0.15, label=window_label)
     ax.set_xlabel("switch step k (c0 for steps 0..k-1)")
@@ -152,6 +198,29 @@ def window_curves(table: pd.DataFrame, pair: int = 0, window: Sequence[int] = ()
     if title:
         ax.set_title(title, fontsize=9)
     return fig
+
+
+def proxy_curves(table: pd.DataFrame, pair: int = 0, title: str | None = None):
+    """The curves any model gets from the map's proxies (style ``clip_prob``, content ``pixel``, two y axes), with
+    the window :func:`proxy_windows` finds shaded; only the pixel distance without a CLIP."""
+    from .plotting import _new_figure
+    from .plotting import window_curves as map_window_curves
+
+    part = table[table["pair"] == pair]
+    if "clip_prob" not in part:
+        fig = _new_figure(6.0, 3.2)
+        ax = fig.subplots()
+        stats = part.groupby("switch")["pixel"].agg(["mean", "min", "max"])
+        ax.plot(stats.index, stats["mean"], marker=".", label="RMS pixel difference with the c0 image")
+        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15)
+        ax.set_xlabel("switch step k (c0 for steps 0..k-1)")
+        ax.legend(fontsize=7)
+        ax.set_title(title or "no CLIP: the pixel distance alone (content and style mixed)", fontsize=9)
+        return fig
+    w = proxy_windows(part).iloc[0]
+    as_map = part.rename(columns={"pair": "pair_index", "name": "pair"})
+    return map_window_curves(as_map, as_map["pair"].iloc[0], "pixel", "clip_prob", (w["start"], w["end"]),
+                             title or "the proxies: CLIP P(c1's attribute) and pixel change, mean over seeds")
 
 
 DEFAULT_SWITCHES = (0, 5, 10, 12, 13, 14, 15, 16, 20, 30, 50)  # of 50: crowded where the colour's window lies
@@ -176,7 +245,7 @@ def failure_detail(table: pd.DataFrame, seeds: Sequence[int], pair: int = 0) -> 
     """For each seed without a working switch: its latest switch with the style and the IoU there, and its first
     switch that keeps the content and the style there ("seed 2: red until k=16 but IoU 0.00 there; ...")."""
     parts = []
-    t = table[(table["pair"] == pair) & (table["switch"] >= 0)]
+    t = table[table["pair"] == pair]
     for seed in seeds:
         s = t[t["seed"] == seed].set_index("switch").sort_index()
         styled = s.index[s["style"] >= STYLE_MIN]
@@ -616,12 +685,13 @@ def background_changes(rec: pd.DataFrame) -> str:
 
 
 def _optional_clip(ctx):
+    """The lesson's CLIP, or None (with a printed note) when it cannot be loaded: the CLIP columns are left out."""
     from .errors import ModelNotFoundError
 
     try:
         return ctx.clip()
     except ModelNotFoundError as err:
-        print(f"(no CLIP, so no clip_direction column: {str(err).splitlines()[0]})")
+        print(f"(no CLIP, so no CLIP columns: {str(err).splitlines()[0]})")
         return None
 
 
@@ -736,33 +806,55 @@ def content_trend(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def family_grid(result, table: pd.DataFrame, win: pd.DataFrame):
+def family_grid(table: pd.DataFrame, images: dict, win: pd.DataFrame):
     """Rows: families; for every seed three columns: pure c1, the edit at the family's best switch, pure c0."""
     N = int(table["switch"].max())
     seeds = list(dict.fromkeys(table["seed"]))
-    images, row_labels, cells = [], [], []
+    cells, row_labels = [], []
     for w in win.itertuples():
         k = w.best if w.best is not None and pd.notna(w.best) else int(w.latest) if pd.notna(w.latest) else N // 2
         part = table[table["pair"] == w.pair]
         k = min(part["switch"].unique(), key=lambda v: abs(v - k))
-        for seed in seeds:
-            for kk in (0, k, N):
-                cells.append(part[(part.seed == seed) & (part.switch == kk)].index[0])
-                images.append(result.images[cells[-1]])
+        cells += [(w.pair, seed, kk) for seed in seeds for kk in (0, k, N)]
         flag = f", c0 shows it: seed {', '.join(map(str, w.c0_shows))}" if w.c0_shows else ""
         row_labels.append(f"{w.family}\nk={k}{flag}")
     cols = [f"seed {s}: {name}" for s in seeds for name in ("c1", "switch", "c0")]
-    captions = _captions(table.loc[cells]) if has_truth(table) else None
-    return image_grid(images, len(win), 3 * len(seeds), row_labels, cols,
+    rows = table.set_index(["pair", "seed", "switch"]).loc[cells]
+    captions = _captions(rows) if has_truth(rows) else _proxy_captions(rows)
+    return image_grid([images[c] for c in cells], len(win), 3 * len(seeds), row_labels, cols,
                       "each family at its best switch step, between its two pure images", 1.2, captions)
 
 
-def map_values(ctx) -> list[tuple[str, str]]:
-    """The maps 09 draws: style and content with the evaluator; else the pixel distance to the c0 image, the only
-    model-free number here (it mixes content and style, so it cannot show a window)."""
-    if ctx.evaluator is not None:
+def proxy_agreement(table: pd.DataFrame, win: pd.DataFrame) -> pd.DataFrame:
+    """Per family, how far the proxies follow the evaluator on this run (the seeds whose c0 shows the attribute
+    left out, as in ``win`` of :func:`family_windows`): the rank correlation of ``clip_prob`` with P(target)
+    (``style_rho``) and of ``pixel`` with the mask IoU (``content_rho``, sign flipped: +1 = the same order), and
+    the window :func:`proxy_windows`' rule finds on each side: on the evaluator's columns (``truth``) and on the
+    proxies (``proxies``); ``match``: both none, or start and end each within 2 switch steps (as docs/metrics.md).
+    A family whose c0 shows the attribute on every seed has no row."""
+    from .map import window_text, windows_match
+
+    rows = []
+    for w in win.itertuples():
+        part = table[(table["pair"] == w.pair) & ~table["seed"].isin(w.c0_shows)]
+        if part.empty:  # c0 already shows the attribute on every seed: no edit to compare the proxies on
+            continue
+        truth, proxies = proxy_windows(part, "iou", "style"), proxy_windows(part)
+        rows.append({"family": w.family, "style_rho": round(spearman(part["clip_prob"], part["style"]), 2),
+                     "content_rho": round(spearman(-part["pixel"], part["iou"]), 2),
+                     "truth": window_text(truth.iloc[0]), "proxies": window_text(proxies.iloc[0]),
+                     "match": bool(windows_match(*(f.rename(columns={"pair": "pair_index"})
+                                                   for f in (truth, proxies))).iloc[0])})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def map_values(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The maps 09 draws: style and content with the evaluator; else the proxies, CLIP's P(c1's attribute) and the
+    pixel distance to the c0 image (docs/metrics.md measures how far each follows the ground truth)."""
+    if has_truth(table):
         return [("style", "style reached: P(target)"), ("iou", "content kept: mask IoU with c0")]
-    return [("dist_to_c0", "mean |pixel difference| with the c0 image (a proxy: content and style mixed)")]
+    return [("clip_prob", "style (proxy): CLIP P(c1's attribute)"),
+            ("pixel", "content lost (proxy): RMS pixel difference with c0")][0 if "clip_prob" in table else 1:]
 
 
 def family_heatmap(table: pd.DataFrame, value: str, name: str, windows: pd.DataFrame | None = None):
@@ -774,7 +866,7 @@ def family_heatmap(table: pd.DataFrame, value: str, name: str, windows: pd.DataF
         shown = {(f, int(sd)) for f, seeds in zip(windows["family"], windows["c0_shows"]) for sd in seeds}
         table = table[[(f, int(sd)) not in shown for f, sd in zip(table["family"], table["seed"])]]
     t = table.assign(row=table["family"] + " (" + table["scope"] + ")")
-    bounds = {"vmin": 0, "vmax": 1} if value in ("style", "iou") else {}
+    bounds = {"vmin": 0, "vmax": 1} if value in ("style", "iou", "clip_prob") else {}
     over = "mean over seeds" + (" (those whose c0 shows it left out)" if windows is not None else "")
     return heatmap(t, "row", "switch", value, title=f"{name}, {over}", **bounds)
 
@@ -784,36 +876,65 @@ PAIR_SWITCHES = (0, 8, 14, 24, 50)
 
 
 def paper_pair_sweep(ctx, pairs: pd.DataFrame, switch_steps: Sequence[int]):
-    """For each pair (columns c0, c1, seed, c0_steps, paper), a switch sweep over ``switch_steps`` plus the paper's
-    own switch, batched over the pairs that share a seed. Returns (table, images): one row per pair with the paper's
-    switch, ``c0_shows``, ``c1_style``, ``paper_style``/``paper_iou``/``paper_works``, and ``best`` (the latest swept
-    switch that works) with its style and IoU; images: {pair index: (c0, paper switch, best switch, c1)}."""
-    from .conditioning import encode
-    from .noise import NoiseTape
-    from .sweeps import sweep_switch
-
+    """For each pair (columns c0, c1, seed, c0_steps, paper), a map over ``switch_steps`` plus the paper's own
+    switch (:func:`run_map`, one per seed over the pairs that share it). Returns (table, images, curves): table, one row per pair
+    with the paper's switch, ``c0_shows``, ``c1_style``, ``paper_style``/``paper_iou``/``paper_works``, and
+    ``best`` (the latest swept switch that works) with its style and IoU; images: {pair index: (c0, paper switch,
+    best switch, c1)}; curves: the maps' rows, ``pair`` = the pair's row in ``table``."""
     pairs = pairs.reset_index(drop=True).assign(switch=lambda d: [round(k * ctx.steps / 50) for k in d["c0_steps"]])
-    rows, images = [None] * len(pairs), {}
+    rows, images, curves = [None] * len(pairs), {}, []
     N = ctx.steps
     for seed, group in pairs.groupby("seed", sort=False):
         ks = sorted(set(switch_steps) | set(group["switch"]) | {0, N})
-        tape = NoiseTape.from_seed(ctx.pipe, int(seed), steps=N, height=ctx.height, width=ctx.width)
-        cond = encode(ctx.pipe, list(group["c0"]), list(group["c1"]))
-        result = sweep_switch(ctx.pipe, cond, tape, ks, ctx.guidance, progress=False)
-        t = measure(ctx, result)
+        t, shown = run_map(ctx, group, ks, seeds=[int(seed)], name=f"map_seed{int(seed)}")
+        curves.append(t.assign(pair=[int(group.index[j]) for j in t["pair"]]))
         for j, (i, p) in enumerate(group.iterrows()):
             part = t[t["pair"] == j].set_index("switch")
             ok = (part["style"] >= STYLE_MIN) & (part["iou"] >= IOU_MIN)
             inner = [k for k in part.index[ok] if 0 < k < N]
             best = max(inner) if inner else None
-            pick = lambda k: result.images[int(t[(t["pair"] == j) & (t["switch"] == k)].index[0])]  # noqa: E731
-            images[i] = (pick(N), pick(p["switch"]), pick(best) if best is not None else None, pick(0))
+            images[i] = tuple(shown[(j, int(seed), k)] if k is not None else None for k in (N, p["switch"], best, 0))
             rows[i] = {**p.to_dict(), "c0_shows": bool(part.loc[N, "style"] >= 0.5), "c1_style": part.loc[0, "style"],
                        "paper_style": part.loc[p["switch"], "style"], "paper_iou": part.loc[p["switch"], "iou"],
                        "paper_works": bool(ok.loc[p["switch"]]), "best": best,
                        "best_style": part.loc[best, "style"] if best is not None else np.nan,
                        "best_iou": part.loc[best, "iou"] if best is not None else np.nan}  # fmt: skip
-    return pd.DataFrame(rows), images
+    return pd.DataFrame(rows), images, pd.concat(curves, ignore_index=True)
+
+
+def pair_curves(table: pd.DataFrame, curves: pd.DataFrame):
+    """One panel per pair of :func:`paper_pair_sweep`: style and content over the switch step, the paper's switch
+    dashed. With the evaluator P(target) and mask IoU; without it the proxies, CLIP's P(c1's attribute) and the
+    pixel change rescaled to 0 at pure c0 and 1 at pure c1."""
+    from .plotting import _new_figure
+
+    truth = has_truth(curves)
+    n = len(table)
+    fig = _new_figure(min(12.0, 2.4 * n), 2.4)
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    for ax, (i, r) in zip(axes, table.iterrows()):
+        part = curves[curves["pair"] == i].groupby("switch").mean(numeric_only=True)
+        if truth:
+            lines = [("style", "P(target)"), ("iou", "mask IoU with c0")]
+        else:
+            change = part["pixel"] / part["pixel"].iloc[0] if part["pixel"].iloc[0] > 0 else part["pixel"] * np.nan
+            part = part.assign(change=change)
+            lines = ([("clip_prob", "CLIP P(c1)")] if "clip_prob" in part else []) + [("change", "pixel change (1 = c1's)")]
+        for col, label in lines:
+            ax.plot(part.index, part[col], marker=".", label=label)
+        ax.axvline(r["switch"], color="0.4", ls="--", lw=0.8)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(_attribute_label(r["c1"]), fontsize=8)
+        ax.set_xlabel("switch k", fontsize=7)
+    axes[0].legend(fontsize=6, loc="center right")
+    fig.suptitle("each pair over the switch step (dashed: the paper's k)", fontsize=9)
+    return fig
+
+
+def _attribute_label(c1: str) -> str:
+    """What a paper pair's c1 adds, for a panel title: "smiling" for "a photo of a face, smiling", "sketch" for
+    "a sketch of a star"."""
+    return c1.split(", ")[-1] if ", " in c1 else c1.split(" of ")[0].replace("a ", "")
 
 
 def pairs_grid(table: pd.DataFrame, images: dict):
@@ -827,7 +948,7 @@ def pairs_grid(table: pd.DataFrame, images: dict):
     labels = []
     for i in order:
         r = table.loc[i]
-        attribute = r["c1"].split(", ")[-1] if ", " in r["c1"] else r["c1"].split(" of ")[0].replace("a ", "")
+        attribute = _attribute_label(r["c1"])
         own = f"{int(r['best'])}" if pd.notna(r["best"]) else "none"
         labels.append(f"{attribute}{' (c0!)' if r['c0_shows'] else ''}\npaper k={r['switch']}\nown k={own}")
     rows = ["c0", "switch at\nthe paper's k", "switch at the\ntoy's own k", "c1"]

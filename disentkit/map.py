@@ -37,6 +37,7 @@ from .errors import (
 )
 from .files import atomic_path, write_json_atomic, write_text_atomic
 from .metrics import DEFAULT_METRICS, METRICS, METRICS_VERSION, Scorer, alternatives, check_metrics, toy_target
+from .pipeline import check_image_size, default_image_size
 
 MAP_CSV = "map.csv"
 MANIFEST = "map.json"
@@ -182,6 +183,8 @@ def disentanglement_map(
     max_batch: int | None = None,
     strip_seeds: int = 1,
     scorer: Scorer | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> pd.DataFrame:
     """Score every (pair, seed, switch step) image: c0 for steps 0..k-1, c1 (weight ``late``) from step k on.
 
@@ -205,6 +208,7 @@ def disentanglement_map(
         strip_seeds: with ``out``, the images of this many first seeds per pair are kept as a PNG strip.
         scorer: a :class:`~disentkit.metrics.Scorer` already loaded for ``metrics`` (then ``clip`` and ``backbone``
             are its own).
+        height, width: the image size in pixels (default: the model's).
     Returns:
         A tidy DataFrame, one row per image: pair (name), pair_index, c0, c1, seed, switch, one column per metric,
         and the evaluator's columns; sorted by pair_index, seed, switch.
@@ -227,7 +231,10 @@ def disentanglement_map(
     evaluator = _resolve_evaluator(pipe, evaluator)
     needs_clip = any(METRICS[m].needs == "clip" for m in metrics)
     clip_name = clip if clip is not None or not needs_clip else default_clip(pipe)
-    settings = _settings(pipe, pairs, switches, metrics, evaluator, steps, guidance, scheduler, late, clip_name, backbone)
+    height, width = check_image_size(pipe, height, width)  # ImageSizeError now, not at the first unit
+    size = {"height": height, "width": width}
+    settings = _settings(pipe, pairs, switches, metrics, evaluator, steps, guidance, scheduler, late, clip_name, backbone,
+                         size)  # fmt: skip
 
     out = Path(out) if out is not None else None
     if out is not None:
@@ -248,7 +255,7 @@ def disentanglement_map(
         for p, seed in bar:
             bar.set_postfix_str(pairs[p].name, refresh=False)
             part, pixels = _score_unit(pipe, pairs[p], p, seed, switches, steps, guidance, scheduler, late, max_batch,
-                                       scorer, evaluator, cache)  # fmt: skip
+                                       scorer, evaluator, cache, size)  # fmt: skip
             if out is not None:  # the thumbnails first: a unit whose part exists is complete
                 if seed in first_seeds:
                     _save_strip(pixels, out / "strips" / f"p{p:03d}_s{seed}.png")
@@ -278,7 +285,7 @@ def check_switches(switch_steps: Iterable[int], steps: int) -> list[int]:
 
 
 def _score_unit(pipe, pair: Pair, p: int, seed: int, switches, steps, guidance, scheduler, late, max_batch, scorer,
-                evaluator, cache) -> tuple[pd.DataFrame, torch.Tensor]:  # fmt: skip
+                evaluator, cache, size) -> tuple[pd.DataFrame, torch.Tensor]:  # fmt: skip
     """One seed's switch sweep for one pair, scored. Returns the rows and the pixels of ``switches`` (K, 3, H, W)."""
     from .conditioning import encode
     from .noise import NoiseTape
@@ -288,7 +295,7 @@ def _score_unit(pipe, pair: Pair, p: int, seed: int, switches, steps, guidance, 
         cache.clear()  # units come pair by pair: keep one pair's embeddings
         cache[p] = encode(pipe, pair.c0, pair.c1)
     ks = sorted(set(switches) | {steps})  # the pure-c0 image is the reference (the sweep's trunk: free)
-    tape = NoiseTape.from_seed(pipe, int(seed), steps=steps, scheduler=scheduler)
+    tape = NoiseTape.from_seed(pipe, int(seed), steps=steps, scheduler=scheduler, **size)
     result = sweep_switch(pipe, cache[p], tape, ks, guidance, late=late, max_batch=max_batch, progress=False)
     pixels, latents = result.pixels, result.latents  # (K, ...): one seed, so runs are the switch steps in order
     r = ks.index(steps)
@@ -338,8 +345,10 @@ def toy_evaluator(pipe):
 
 
 # ---- resuming and splitting -------------------------------------------------------------------------------------
-def _settings(pipe, pairs, switches, metrics, evaluator, steps, guidance, scheduler, late, clip, backbone) -> dict:
-    """What a part file depends on (the seeds are not in it: a map with more seeds reuses the parts it has)."""
+def _settings(pipe, pairs, switches, metrics, evaluator, steps, guidance, scheduler, late, clip, backbone,
+              size) -> dict:  # fmt: skip
+    """What a part file depends on (the seeds are not in it: a map with more seeds reuses the parts it has). The
+    size is None at the model's own size, as in the manifests of maps made before the size was recorded."""
     from .losses import Clip
     from .optimize import model_id
 
@@ -355,6 +364,7 @@ def _settings(pipe, pairs, switches, metrics, evaluator, steps, guidance, schedu
         "evaluator": evaluator is not None, "steps": steps,
         "guidance": float(guidance), "scheduler": scheduler, "late": float(late), "clip": name(clip),
         "backbone": name(backbone), "dtype": str(getattr(pipe.unet, "dtype", "")),
+        "size": None if (size["height"], size["width"]) == default_image_size(pipe) else [size["height"], size["width"]],
     }  # fmt: skip
 
 
@@ -439,8 +449,9 @@ def load_strip(out: str | os.PathLike, pair_index: int, seed: int | None = None)
     if not found:
         raise MissingResultError(f"no thumbnail strip for pair {pair_index} in {out / 'strips'}.")
     strip = Image.open(found[0]).convert("RGB")
-    side = strip.height
-    tiles = [strip.crop((i * side, 0, (i + 1) * side, side)) for i in range(strip.width // side)]
+    count = len(json.loads((out / MANIFEST).read_text())["switch_steps"])  # images need not be square
+    w = strip.width // count
+    tiles = [strip.crop((i * w, 0, (i + 1) * w, strip.height)) for i in range(count)]
     return tiles, int(found[0].stem.split("_s")[1])
 
 
@@ -532,6 +543,11 @@ def windows_match(a: pd.DataFrame, b: pd.DataFrame, tolerance: int = 2) -> pd.Se
     m = a[cols].merge(b[cols], on="pair_index", suffixes=("", "_b")).set_index("pair_index")
     close = ((m["start"] - m["start_b"]).abs() <= tolerance) & ((m["end"] - m["end_b"]).abs() <= tolerance)
     return ((~m["found"] & ~m["found_b"]) | (m["found"] & m["found_b"] & close.fillna(False).astype(bool))).rename("match")
+
+
+def window_text(row) -> str:
+    """A :func:`find_windows` row as text: "10-16", or "none"."""
+    return f"{int(row['start'])}-{int(row['end'])}" if bool(row["found"]) else "none"
 
 
 # ---- the report of `disentkit map` ---------------------------------------------------------------------------------

@@ -73,6 +73,18 @@ def _image_widget(image: Any = None) -> W.Image:
 
 
 # ---- switch-step explorer ------------------------------------------------------------------------------------
+def _switch_images(result: SampleResult, seed_index: int) -> dict[int, Image.Image]:
+    """{switch step: image} of one seed of a result made of switch schedules (first pair)."""
+    images = {}
+    runs = result.runs.reset_index(drop=True)
+    for i, row in runs[(runs["seed_index"] == seed_index) & (runs["pair"] == 0)].iterrows():
+        k = result.schedules[row["schedule"]].meta.get("switch")
+        if k is None:
+            raise InvalidScheduleError(f"schedule {row['label']!r} is not a switch schedule (no meta['switch']).")
+        images[int(k)] = result.images[i]
+    return images
+
+
 class SwitchExplorer(_Shown):
     """A slider over the switch step k: c0 for steps 0..k-1, c1 from step k on, with the image for each k.
 
@@ -83,8 +95,10 @@ class SwitchExplorer(_Shown):
         max_batch: passed to :func:`disentkit.sample` (lower it on a small GPU).
         result: a finished :class:`SampleResult` of switch schedules to show instead of sampling (its schedules
             must carry ``meta["switch"]``, as ``MixSchedule.switch`` and the switch sweeps make them).
+        images: or images already made, ``{switch step: PIL image}`` (e.g. a map's thumbnail strip), with ``steps``
+            the number of sampling steps they were made with; nothing is sampled and ``result`` stays None.
 
-    All images are sampled once when the explorer is built, so moving the slider is instant.
+    Every image is made (or taken) when the explorer is built, so moving the slider is instant.
     """
 
     def __init__(
@@ -97,25 +111,29 @@ class SwitchExplorer(_Shown):
         seed_index: int = 0,
         max_batch: int | None = None,
         result: SampleResult | None = None,
+        images: Mapping[int, Image.Image] | None = None,
+        steps: int | None = None,
     ):
-        if result is None:
-            if pipe is None or cond is None or tape is None:
-                raise OptionError("SwitchExplorer needs pipe, cond and tape, or a finished result=...")
-            n = tape.steps
-            ks = list(range(n + 1)) if switch_steps is None else sorted(set(int(k) for k in switch_steps))
-            schedules = [MixSchedule.switch(n, k) for k in ks]
-            result = sample(pipe, cond, schedules, tape.select(seed_index), guidance, max_batch=max_batch,
-                            progress=False)  # fmt: skip
-            seed_index = 0
+        if images is None:
+            if result is None:
+                if pipe is None or cond is None or tape is None:
+                    raise OptionError("SwitchExplorer needs pipe, cond and tape, a finished result=..., or images=...")
+                n = tape.steps
+                ks = list(range(n + 1)) if switch_steps is None else sorted(set(int(k) for k in switch_steps))
+                schedules = [MixSchedule.switch(n, k) for k in ks]
+                result = sample(pipe, cond, schedules, tape.select(seed_index), guidance, max_batch=max_batch,
+                                progress=False)  # fmt: skip
+                seed_index = 0
+            images, steps = _switch_images(result, seed_index), result.schedules[0].steps
+        elif result is not None:
+            raise OptionError("SwitchExplorer takes result=... or images=..., not both.")
+        elif not images or steps is None:
+            raise OptionError("SwitchExplorer(images=...) needs at least one image and steps= (the sampling steps).")
+        elif not all(0 <= int(k) <= steps for k in images):
+            raise OptionError(f"SwitchExplorer(images=...): switch steps run from 0 to steps={steps}, got {sorted(images)}.")
         self.result = result
-        self.images: dict[int, Image.Image] = {}  # switch step -> image; the cache the slider reads
-        runs = result.runs.reset_index(drop=True)
-        for i, row in runs[(runs["seed_index"] == seed_index) & (runs["pair"] == 0)].iterrows():
-            k = result.schedules[row["schedule"]].meta.get("switch")
-            if k is None:
-                raise InvalidScheduleError(f"schedule {row['label']!r} is not a switch schedule (no meta['switch']).")
-            self.images[int(k)] = result.images[i]
-        self.steps = result.schedules[0].steps
+        self.images = {int(k): v for k, v in images.items()}  # switch step -> image; the cache the slider reads
+        self.steps = int(steps)
         self.switch_steps = sorted(self.images)
 
         self.slider = W.SelectionSlider(

@@ -63,6 +63,7 @@ def setup_cell(name: str, clip: bool = False):
     return code(f'''
 %matplotlib inline
 import numpy as np
+import pandas as pd
 import torch
 
 import disentkit as dk
@@ -304,8 +305,9 @@ For every switch step k we sample with `c0` for steps 0..k-1 and `c1` from step 
 the pure `c1` image and k = N the pure `c0` image. **What we expect, and why:** the first, noisiest steps decide
 *where* things are (the layout) and the later ones *how they look*, so a small k gives the style but loses the
 content, a large k keeps the content but loses the style, and somewhere in between there may be a *window* of k
-where both hold (the paper finds one at 10-20 of 50 steps on Stable Diffusion). `sweep_switch` samples the shared
-`c0` prefix once and forks it at every k.
+where both hold (the paper finds one at 10-20 of 50 steps on Stable Diffusion). `dk.disentanglement_map` makes
+and scores every image: it samples the shared `c0` prefix once per seed, forks it at every k, and keeps the images
+as thumbnail strips beside its CSV (`map/` in this notebook's output folder).
 
 On toyworld the evaluator judges every image: *style reached* = its probability that the circle is red;
 *content kept* = the overlap (IoU) of the object's mask with the mask in the pure-`c0` image of the same seed.
@@ -314,20 +316,22 @@ colour edit has a window and one (seed 2) where it has none, to show why.
 """),
     parameters("03_switch_sweep", seeds="[0, 1, 2, 4]", extra=(
         "switch_steps = None  # None: 0, 5, 10, 12-16, 20, 30 and N (of 50; scaled to other step counts)\n"
+        "clip = None          # CLIP for the map's proxies: a folder or hub id; None: the model's default (toyworld: the toy CLIP)\n"
     )),
-    setup_cell("03_switch_sweep"),
+    setup_cell("03_switch_sweep", clip=True),
     code("""
 ks = lessons.default_switches(ctx.steps, switch_steps, scale)
-result = dk.sweep_switch(ctx.pipe, ctx.cond, ctx.tape, ks, ctx.guidance, progress=False)
-table = ctx.save(lessons.measure(ctx, result), "switch_metrics.csv")
+table, images = lessons.run_map(ctx, pd.DataFrame({"c0": [ctx.c0], "c1": [ctx.c1]}), ks)
+ctx.save(table, "switch_metrics.csv")
 win = lessons.windows(table).iloc[0]
 window = lessons.window_steps(ks, win)
-ctx.save(lessons.switch_grid(result, table, window=window, title=f"{ctx.c0!r} for k steps, then {ctx.c1!r}"),
+ctx.save(lessons.switch_grid(table, images, window=window, title=f"{ctx.c0!r} for k steps, then {ctx.c1!r}"),
          "switch_grid.png")
 """),
     md("""
 Each column is one switch step (pure `c1` first, pure `c0` last; its title gives k, and `*` marks the switch
-steps where the most seeds work); the caption under each image gives that seed's P(target) and mask IoU. Read a row from left to right: the
+steps where the most seeds work); the caption under each image gives that seed's P(target) and mask IoU (on a model
+without the evaluator, the proxies: CLIP's P(c1) and the pixel change). Read a row from left to right: the
 object settles into the `c0` image's place and size, and at some k the colour stops being red.
 """),
     code("""
@@ -343,7 +347,7 @@ ends = table[table.switch == 0], table[table.switch == ctx.steps]
 ctx.expect("pure c1 (k=0) shows the style on every seed and pure c0 (k=N) on none",
            f"P(target) {fmt(ends[0]['style'])} at k=0, {fmt(ends[1]['style'])} at k=N",
            (ends[0]["style"] >= 0.8).all() and (ends[1]["style"] < 0.5).all(), truth=True)
-per_k = table.groupby("switch")[["style", "iou", "dist_to_c0"]].mean()
+per_k = table.groupby("switch")[["style", "iou"]].mean()
 rho = lessons.spearman(per_k.index, per_k["iou"])
 ctx.expect("more c0 steps keep more content: mean mask IoU rises with k (rank correlation >= 0.8)",
            f"rank correlation {rho:.2f}; IoU {per_k['iou'].iloc[0]:.2f} at k=0, {per_k['iou'].iloc[-2]:.2f} at "
@@ -367,11 +371,25 @@ ctx.expect("not every seed has a window: on at least one seed no sampled k gives
            detail or "every seed has a working k", len(bad) > 0, truth=True)
 """),
     md("""
+**The same map without an evaluator.** On Stable Diffusion nothing knows the truth, so the map's *proxies*
+(`disentkit.metrics`) stand in: the style as CLIP's probability of `c1`'s attribute against its other values
+(`clip_prob`), the content as the RMS pixel difference with the `c0` image (`pixel`), the pair that
+[docs/metrics.md](../docs/metrics.md) recommends after checking every proxy against this evaluator. `dk.find_windows`
+rescales each curve to 0 at pure `c0` and 1 at pure `c1` and calls a switch a window where the style is more than
+halfway to `c1`'s and the content has changed less than halfway.
+"""),
+    code("""
+proxy = lessons.proxy_windows(table)
+if lessons.has_truth(table):  # without an evaluator the curves above are already the proxies'
+    display(ctx.save(lessons.proxy_curves(table), "proxy_curves.png"))
+proxy[["name", "start", "end", "best"]]
+"""),
+    md("""
 **Interactive.** Move the slider to walk along the switch steps of the first seed (all images were sampled above,
 so the slider only looks them up). In a page without a kernel (the HTML export) the widget shows a still of it.
 """),
     code("""
-widgets.SwitchExplorer(result=result)
+widgets.SwitchExplorer(images={k: images[(0, ctx.seeds[0], k)] for k in ks}, steps=ctx.steps)
 """),
     exercise(
         "Run the sweep for the stripes, `c0=\"a photo of a square\"`, `c1=\"a photo of a square, striped\"` (set them in "
@@ -848,15 +866,14 @@ of the windows.
     parameters("09_measuring_disentanglement", extra=(
         "families = None      # None: colour, texture, expression, background, rendering (or the paper's on other models)\n"
         "switch_steps = None  # None: 0, 6, 10, 14, 18, 24, 32, 40, N (of 50)\n"
+        "clip = None          # CLIP for the map's proxies: a folder or hub id; None: the model's default (toyworld: the toy CLIP)\n"
     )),
-    setup_cell("09_measuring_disentanglement"),
+    setup_cell("09_measuring_disentanglement", clip=True),
     code("""
 pairs = lessons.family_pairs(ctx, families)
 ks = lessons.default_switches(ctx.steps, switch_steps, scale, base=lessons.MAP_SWITCHES)
-result = dk.sweep_switch(ctx.pipe, dk.encode(ctx.pipe, list(pairs.c0), list(pairs.c1)), ctx.tape, ks, ctx.guidance,
-                         progress=False)
-table = lessons.measure(ctx, result).merge(pairs[["pair", "family", "scope"]], on="pair")
-ctx.save(table, "attribute_by_step.csv")
+table, images = lessons.run_map(ctx, pairs.assign(name=pairs.family), ks)
+table = ctx.save(table.merge(pairs[["pair", "family", "scope"]], on="pair"), "attribute_by_step.csv")
 win = ctx.save(lessons.family_windows(table), "windows.csv")
 win
 """),
@@ -867,11 +884,24 @@ below); `latest` = the median over the other seeds of the latest switch step tha
 = the switch where it works on the most of them.
 """),
     code("""
-ctx.save(lessons.family_grid(result, table, win), "windows.png")
+ctx.save(lessons.family_grid(table, images, win), "windows.png")
 """),
     code("""
-for value, name in lessons.map_values(ctx):
+for value, name in lessons.map_values(table):
     display(ctx.save(lessons.family_heatmap(table, value, name, win), f"{value}_heatmap.png"))
+"""),
+    md("""
+**The proxies against the truth.** Without an evaluator (Stable Diffusion, your own model) the same map is drawn
+from the proxies: CLIP's probability of `c1`'s attribute (`clip_prob`) for the style and the RMS pixel difference
+with the `c0` image (`pixel`) for the content. Here we can check them against the evaluator on the same images:
+`style_rho` / `content_rho` = rank correlation of each proxy with the evaluator's value (+1: the same order);
+`truth` / `proxies` = the window one rule (`dk.find_windows`: more than halfway to `c1`'s style, less than halfway
+to `c1`'s content change) finds on each side; `match` = the same window within 2 steps, or none on both.
+[docs/metrics.md](../docs/metrics.md) makes this check at scale (16 seeds, every switch step).
+"""),
+    code("""
+agree = lessons.proxy_agreement(table, win) if lessons.has_truth(table) and "clip_prob" in table else None
+agree
 """),
     md("""
 **What we see, checked.**
@@ -892,12 +922,32 @@ ctx.expect("expression is decided last: its latest styled switch is the latest o
            last.family == "expression", truth=True)
 """),
     md("""
+And the proxies against the evaluator, on the same images (the table above):
+"""),
+    code("""
+if agree is not None:
+    ctx.expect("the pixel distance orders the content like the mask IoU (rank correlation >= 0.7), for every family",
+               ", ".join(f"{r.family} {r.content_rho:.2f}" for r in agree.itertuples()),
+               bool((agree.content_rho >= 0.7).all()), truth=True)
+    low = agree[agree.style_rho < 0.7]
+    ctx.expect("CLIP's probability orders the style like the evaluator (>= 0.7) on most families, not always",
+               f"{len(agree) - len(low)} of {len(agree)}; below 0.7: "
+               + (", ".join(f"{r.family} {r.style_rho:.2f}" for r in low.itertuples()) or "none"),
+               2 * (len(agree) - len(low)) > len(agree), truth=True)
+    ctx.expect("the proxies find the evaluator's window (within 2 steps, or none on both) on at least half the families",
+               f"{int(agree.match.sum())} of {len(agree)}; differ: " + (", ".join(
+                   f"{r.family} (truth {r.truth}, proxies {r.proxies})" for r in agree[~agree.match].itertuples())
+                   or "none"), 2 * int(agree.match.sum()) >= len(agree), truth=True)
+"""),
+    md("""
 **Why.** Reading a heatmap row from left (k = 0, pure `c1`) to right (k = N, pure `c0`): the style stays while
 the switch is early enough and then stops; the content IoU rises. Where the style survives to a late switch, the
 attribute is decided late in denoising (a local detail such as the mouth of a face); where it dies early it needs
 the early, layout-deciding steps, and then an edit that brings it tends to move the object too (low IoU at the
-same k). Without the evaluator (other models) these maps cannot be drawn honestly: pixel distance to the `c0`
-image mixes content and style, and the claims above are reported as not judged.
+same k). On a model without the evaluator the same cells draw the proxies' maps, and the claims that need the truth
+are reported as not judged. What the last claims teach for such a model: the pixel distance is a fair ranking of
+the content, but a CLIP's probability is only as good as that CLIP's eye for the attribute. Before trusting a
+proxy's window for an attribute, look at its images (the grid above) or check the CLIP on a few labelled ones.
 """),
     exercise(
         "Add the snow background: `families = [\"colour\", \"background\", \"snow\"]` (the names of "
@@ -922,14 +972,16 @@ we compare them with the toy model's own best switch for each pair, found by a s
     parameters("10_paper_pairs", seeds="[0]", extra=(
         "max_pairs = None     # None: all pairs (scaled by scale); an int limits how many\n"
         "switch_steps = None  # the sweep for each pair's own best switch; None: 0, 6, 10, 14, 18, 24, N (of 50)\n"
+        "clip = None          # CLIP for the map's proxies: a folder or hub id; None: the model's default (toyworld: the toy CLIP)\n"
     )),
-    setup_cell("10_paper_pairs"),
+    setup_cell("10_paper_pairs", clip=True),
     code("""
 pairs = notebooks.paper_pairs(ctx.model)
 pairs = pairs.head(max_pairs or max(2, round(len(pairs) * scale)))
 ks = lessons.default_switches(ctx.steps, switch_steps, scale, base=lessons.PAIR_SWITCHES)
-table, images = lessons.paper_pair_sweep(ctx, pairs, ks)
+table, images, curves = lessons.paper_pair_sweep(ctx, pairs, ks)
 ctx.save(table, "pairs.csv")
+ctx.save(curves, "pairs_by_step.csv")
 table[["paper", "c1", "seed", "switch", "c0_shows", "c1_style", "paper_style", "paper_iou", "best", "best_style", "best_iou"]]
 """),
     md("""
@@ -939,6 +991,14 @@ paper's switch; `best` = the latest swept switch at which the edit works (P >= 0
 """),
     code("""
 ctx.save(lessons.pairs_grid(table, images), "pairs_grid.png")
+"""),
+    md("""
+The same pairs as curves over the swept switch steps (`dk.disentanglement_map`, one map per seed). On toyworld the
+evaluator's P(target) and mask IoU; on a model without it the proxies: CLIP's probability of `c1`'s attribute and
+the pixel change from the `c0` image (rescaled: 0 at pure `c0`, 1 at pure `c1`).
+"""),
+    code("""
+ctx.save(lessons.pair_curves(table, curves), "pairs_curves.png")
 """),
     code("""
 n, edits = len(table), table[~table.c0_shows]

@@ -112,6 +112,27 @@ def test_other_settings_in_the_same_folder_are_refused(sd1_pipe, clip, tmp_path)
         run(sd1_pipe, clip, out, seeds=(0,), guidance=3.0)
 
 
+def test_a_size_is_kept_and_the_strips_give_back_each_image(sd1_pipe, clip, tmp_path):
+    from disentkit.errors import ImageSizeError
+
+    h, w = dk.pipeline.default_image_size(sd1_pipe)
+    size = {"height": h, "width": w + 16}  # not square, so a strip's tiles cannot be cut as squares
+    with pytest.raises(ImageSizeError):
+        run(sd1_pipe, clip, tmp_path / "bad", seeds=(0,), height=h, width=w + 3)
+    assert not (tmp_path / "bad").exists()  # refused before any work
+    out = tmp_path / "map"
+    df = run(sd1_pipe, clip, out, seeds=(0,), **size)
+    cond = dk.encode(sd1_pipe, *PAIRS[1])
+    tape = dk.NoiseTape.from_seed(sd1_pipe, 0, steps=STEPS, **size)
+    img = dk.sample(sd1_pipe, cond, dk.MixSchedule.switch(STEPS, 2, 0.0, 1.0), tape, progress=False)
+    tiles, seed = dmap.load_strip(out, 1, 0)
+    assert seed == 0 and len(tiles) == STEPS + 1 and tiles[2].size == (w + 16, h)
+    assert np.abs(np.asarray(tiles[2], dtype=int) - np.asarray(img.images[0], dtype=int)).max() <= 1  # 8-bit
+    with pytest.raises(MapMismatchError, match="size"):
+        run(sd1_pipe, clip, out, seeds=(0,))  # the same folder at the model's own size
+    assert len(df) == 2 * (STEPS + 1)
+
+
 def test_the_evaluator_adds_its_ground_truth(sd1_pipe, clip):
     from disentkit.toyworld.evaluator import DEFAULT_WEIGHTS, Evaluator
 

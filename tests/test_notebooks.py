@@ -87,10 +87,11 @@ def executed(model_setup, tmp_path_factory):
     common = {"model": model, "steps": STEPS, "seeds": [0], "scale": 0.1, "height": HEIGHT, "width": WIDTH}
     extra = {
         "01_tour": {"clip": clip},
+        "03_switch_sweep": {"clip": clip},
         "06_learning_lambda": {"clip": clip, "iters": 10},
         "07_transfer": {"clip": clip, "seeds": [10, 11]},
-        "09_measuring_disentanglement": {"families": ["smiling", "young"]},
-        "10_paper_pairs": {"max_pairs": 2},
+        "09_measuring_disentanglement": {"clip": clip, "families": ["smiling", "young"]},
+        "10_paper_pairs": {"clip": clip, "max_pairs": 2},
     }
     per_notebook = {name: {**common, **extra.get(name, {})} for name in NOTEBOOKS}
     found = runner.run_all(out, html=False, jobs=2, per_notebook=per_notebook)  # 07 waits for 06's schedule
@@ -126,6 +127,16 @@ def _learned(run, filename="learned_schedule.json") -> dk.MixSchedule:
 def _outputs(run):
     nb = nbformat.read(run.executed, as_version=4)
     return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def _check_proxies(m: pd.DataFrame) -> None:
+    """A map table on a model without an evaluator: the proxies, each in its range; k = N is the pure c0 image."""
+    for name in ("pixel", "clip_prob", "struct_clip"):
+        assert m[name].notna().all(), f"{name} has gaps:\n{m}"
+        lo, hi = dk.metrics.METRICS[name].range
+        assert m[name].between(lo, hi).all(), f"{name} out of {lo}..{hi}:\n{m[name].describe()}"
+    pure_c0 = m[m["switch"] == STEPS]
+    assert (pure_c0["pixel"] == 0).all() and (pure_c0["struct_clip"].abs() < 1e-5).all()
 
 
 @pytest.mark.slow
@@ -177,8 +188,7 @@ def test_03_switch_sweep_metrics(executed):
     run = _ok(executed, "03_switch_sweep")
     m = _csv(run, "switch_metrics.csv")
     assert m["switch"].min() == 0 and m["switch"].max() == STEPS and m["switch"].nunique() >= 3
-    assert (m.loc[m["switch"] == STEPS, "dist_to_c0"] == 0).all()  # k = N is the pure c0 image itself
-    assert m["dist_to_c0"].between(0, 1).all()
+    _check_proxies(m)
     _png(run, "switch_grid.png")
     _png(run, "switch_curves.png")
     # the explorer is a live widget with a still beside it for pages without a kernel
@@ -238,15 +248,20 @@ def test_09_and_10_maps(executed):
     runs = _csv(run, "attribute_by_step.csv")
     assert sorted(runs["family"].unique()) == ["smiling", "young"]
     assert (runs.groupby("family")["switch"].nunique() >= 3).all()
-    assert (runs.loc[runs["switch"] == STEPS, "dist_to_c0"] == 0).all()
-    for name in ("windows.png", "dist_to_c0_heatmap.png"):  # no evaluator: the model-free map only
+    _check_proxies(runs)
+    assert runs[["style", "iou"]].isna().all().all()  # no evaluator: the columns are there, empty, and not judged
+    for name in ("windows.png", "clip_prob_heatmap.png", "pixel_heatmap.png"):  # the proxies' maps only
         _png(run, name)
+    assert not (run.out_dir / "style_heatmap.png").exists()
     run = _ok(executed, "10_paper_pairs")
     table = _csv(run, "pairs.csv")
     expected = runner.paper_pairs("tiny").head(2)
     assert table["c1"].tolist() == expected["c1"].tolist()
     assert table["switch"].tolist() == [round(k * STEPS / 50) for k in expected["c0_steps"]]
     _png(run, "pairs_grid.png")
+    curves = _csv(run, "pairs_by_step.csv")
+    assert {"clip_prob", "pixel"} <= set(curves.columns)
+    _png(run, "pairs_curves.png")
 
 
 # ---- the runner itself ---------------------------------------------------------------------------------------------

@@ -73,6 +73,21 @@ def test_switch_explorer_from_a_finished_result_samples_nothing(setup, monkeypat
         widgets.SwitchExplorer(result=bad)
 
 
+def test_switch_explorer_from_images_shows_them_as_given(monkeypatch):
+    monkeypatch.setattr(widgets, "sample", lambda *a, **k: pytest.fail("the explorer sampled"))
+    tiles = {k: Image.new("RGB", (24, 16), (40 * k, 0, 0)) for k in (0, 3, 5)}  # a map strip's tiles, not square
+    ex = widgets.SwitchExplorer(images=tiles, steps=5)
+    assert ex.switch_steps == [0, 3, 5] and ex.switch == 3
+    assert ex.image.value == widgets.to_png(tiles[3]) and "c0 for steps 0..2 (3 steps), c1 for the last 2" in ex.caption.value
+    ex.set_switch(5)
+    assert ex.image.value == widgets.to_png(tiles[5]) and "pure c0" in ex.caption.value
+    with pytest.raises(dk.errors.OptionError, match="not sampled"):
+        ex.set_switch(4)
+    for bad in ({"images": tiles}, {"images": {}, "steps": 5}, {"images": tiles, "steps": 4}):
+        with pytest.raises(dk.errors.OptionError, match="steps="):
+            widgets.SwitchExplorer(**bad)
+
+
 def test_curve_from_points_interpolates_in_sampling_time():
     s = widgets.curve_from_points([0.0, 1.0], 5)
     np.testing.assert_allclose(s.weights.numpy(), [0, 0.25, 0.5, 0.75, 1.0])
