@@ -926,8 +926,9 @@ def pair_curves(table: pd.DataFrame, curves: pd.DataFrame):
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(_attribute_label(r["c1"]), fontsize=8)
         ax.set_xlabel("switch k", fontsize=7)
-    axes[0].legend(fontsize=6, loc="center right")
-    fig.suptitle("each pair over the switch step (dashed: the paper's k)", fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend for all panels, clear of the curves
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=7, frameon=False)
+    fig.suptitle("each pair over the switch step (dashed: the paper's k)", fontsize=9, x=0.01, ha="left")
     return fig
 
 

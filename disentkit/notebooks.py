@@ -144,6 +144,9 @@ def run_notebook(
         pm.execute_notebook(
             str(path), str(executed), parameters=params, kernel_name=kernel_name, cwd=str(Path.cwd()),
             progress_bar=False, execution_timeout=timeout, log_output=False,
+            # the headless kernel's own log (its localhost TCP transport, its shutdown) is noise in the runner's
+            # output; a failing cell still reaches us through papermill, with its traceback
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )  # fmt: skip
     except Exception as err:  # noqa: BLE001 - any failure is reported in the summary, the next notebook still runs
         error, cell = _describe_failure(err)
