@@ -617,7 +617,7 @@ def map_lines(r: dict) -> list[str]:
                   f"the seeds whose c0 image lacks it; >= {rules['seeds']} seeds):", "",
                   "| pair | seeds (c0 lacks target) | longest run of switch steps | window |", "|---|---|---|---|"]
         for w in r["map"]["windows"]:
-            run = f"k = {w['start']}..{w['end']} ({w['length']} steps)" if w["length"] else "none"
+            run = f"k = {int(w['start'])}..{int(w['end'])} ({w['length']} steps)" if w["length"] else "none"
             lines.append(f"| {w['pair']} | {w['seeds']} ({w['lacking']}) | {run} | {_verdict(w['window'])} |")
     lines += ["", "Compared with what the paper reports for Stable Diffusion v1.4 (50 steps):", ""]
     table = pd.DataFrame(r["map"]["table"])
